@@ -1,0 +1,147 @@
+//! The `smithers-host` command line. Parses arguments and hands each command
+//! to the module that owns it; no business logic lives here.
+
+mod local;
+mod print;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::AppConfig;
+use crate::store::Durability;
+
+/// Exit status of a run that finished.
+pub const EXIT_FINISHED: u8 = 0;
+/// Exit status of a run that failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status of bad usage (clap's own).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status of a run parked at an approval.
+pub const EXIT_WAITING_APPROVAL: u8 = 3;
+/// Exit status of a run parked waiting for a signal.
+pub const EXIT_WAITING_SIGNAL: u8 = 4;
+/// Exit status of a cancelled run.
+pub const EXIT_CANCELLED: u8 = 5;
+/// Exit status of a request the host refused (unknown run, bad workflow...).
+pub const EXIT_REFUSED: u8 = 6;
+/// Exit status of an internal error (database, runtime).
+pub const EXIT_INTERNAL: u8 = 70;
+
+/// Durable workflow runtime for WebAssembly component workflows.
+#[derive(Debug, Parser)]
+#[command(name = "smithers-host", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+/// Options shared by every command that opens a state dir.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    /// Project directory: workflows live here and tasks can touch only this.
+    #[arg(long, global = true, default_value = ".", env = "SMITHERS_ROOT_DIR")]
+    pub root_dir: PathBuf,
+    /// Where the host keeps its database and caches (must be outside the
+    /// root dir). Default: a per-project directory under ~/.local/state.
+    #[arg(long, global = true, env = "SMITHERS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Give the bash tool the host's network (default: an empty network namespace).
+    #[arg(long, global = true)]
+    pub allow_network: bool,
+    /// Run the bash tool without Landlock when the kernel lacks it
+    /// (namespaces stay mandatory). Logged loudly.
+    #[arg(long, global = true)]
+    pub allow_missing_landlock: bool,
+    /// Commit durability: `normal` survives process crashes, `full` fsyncs
+    /// every commit and survives power loss.
+    #[arg(long, global = true, value_enum, default_value = "normal")]
+    pub durability: Durability,
+    /// Linear memory limit of one workflow instance, in MiB.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub max_memory_mb: u64,
+    /// Default most tasks in flight per run.
+    #[arg(long, global = true, default_value_t = 8)]
+    pub max_concurrency: u32,
+}
+
+impl HostArgs {
+    fn app_config(&self) -> AppConfig {
+        AppConfig {
+            state_dir: self.state_dir.clone(),
+            allow_network: self.allow_network,
+            allow_missing_landlock: self.allow_missing_landlock,
+            durability: self.durability,
+            max_memory_mb: self.max_memory_mb,
+            max_concurrency: self.max_concurrency,
+            ..AppConfig::new(self.root_dir.clone())
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a workflow in the foreground until it finishes or parks.
+    Run(local::RunArgs),
+    /// Continue a parked, failed or interrupted run in the foreground.
+    Resume(local::RunRef),
+    /// Approve a node waiting for approval, then continue the run.
+    Approve(local::DecideArgs),
+    /// Deny a node waiting for approval, then continue the run.
+    Deny(local::DecideArgs),
+    /// Send a signal to a run, then continue it if it was waiting.
+    Signal(local::SignalArgs),
+    /// Cancel a run.
+    Cancel(local::RunRef),
+    /// Show a run's status.
+    Status(local::StatusArgs),
+    /// List runs, newest first.
+    Runs(local::ListArgs),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("smithers-host: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let config = cli.host.app_config();
+        match cli.command {
+            None => {
+                eprintln!("smithers-host: server mode is not available yet; use `smithers-host run WORKFLOW`");
+                EXIT_USAGE
+            }
+            Some(Command::Run(args)) => local::run(config, args).await,
+            Some(Command::Resume(args)) => local::resume(config, args).await,
+            Some(Command::Approve(args)) => local::decide(config, args, true).await,
+            Some(Command::Deny(args)) => local::decide(config, args, false).await,
+            Some(Command::Signal(args)) => local::signal(config, args).await,
+            Some(Command::Cancel(args)) => local::cancel(config, args).await,
+            Some(Command::Status(args)) => local::status(config, args).await,
+            Some(Command::Runs(args)) => local::runs(config, args).await,
+        }
+    });
+    // Guest calls may still be unwinding on worker threads; don't wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    ExitCode::from(code)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SMITHERS_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

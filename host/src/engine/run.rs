@@ -1,0 +1,770 @@
+//! The driver of one run: render → schedule → run tasks → commit → re-render.
+//!
+//! A driver is the only writer of its run's progress while it holds the
+//! run's slot in the registry. Everything it decides is committed (with the
+//! events that announce it) before anything depends on it: an attempt row
+//! exists before the task runs, and a task's output is committed before the
+//! next render that could depend on it. To keep a step cheap, a finished
+//! task's commit is folded into the next render's commit (one transaction per
+//! step); the fold is flushed before the driver waits or exits.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::schedule::{self, Blocked, Change, Outcome, Plan, Start, View};
+use super::state::RunState;
+use super::tree::{TaskSpec, Tree};
+use super::{ActiveRun, EngineInner};
+use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus, now_ms};
+use crate::runtime::{
+    Backoff, GuestFault, RenderContext, TaskContext, TaskEnv, TaskError, Workflow,
+};
+use crate::store::{Commit, NodeUpdate, Op, StoreError};
+
+/// A task attempt in flight.
+struct Inflight {
+    attempt: u32,
+    spec: TaskSpec,
+    cancel: CancellationToken,
+}
+
+/// What an attempt returned.
+struct Finished {
+    key: NodeKey,
+    attempt: u32,
+    result: Result<Result<String, TaskError>, GuestFault>,
+}
+
+/// Why the driver stopped.
+enum Exit {
+    /// Finished, failed or parked: nothing more to do.
+    Settled,
+    /// Cancelled or shut down, or no longer the owner.
+    Halted,
+}
+
+pub(super) fn spawn(
+    engine: Arc<EngineInner>,
+    run_id: RunId,
+    workflow: Arc<Workflow>,
+    state: RunState,
+    max_concurrency: u32,
+    slot: Arc<ActiveRun>,
+    reason: &'static str,
+) {
+    let driver = Driver {
+        carry: Commit::new(run_id.clone()).op(Op::AssertOwner {
+            owner_id: engine.owner_id.clone(),
+        }),
+        engine,
+        run_id,
+        workflow,
+        state,
+        max_concurrency,
+        slot,
+        inflight: HashMap::new(),
+        tasks: JoinSet::new(),
+        trigger: json!({ "reason": reason }),
+    };
+    tokio::spawn(driver.run());
+}
+
+struct Driver {
+    engine: Arc<EngineInner>,
+    run_id: RunId,
+    workflow: Arc<Workflow>,
+    state: RunState,
+    max_concurrency: u32,
+    slot: Arc<ActiveRun>,
+    inflight: HashMap<NodeKey, Inflight>,
+    tasks: JoinSet<Finished>,
+    /// Ops and events waiting to ride along with the next commit.
+    carry: Commit,
+    /// Why the next render happens.
+    trigger: Value,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let exit = match self.drive().await {
+            Ok(exit) => exit,
+            Err(e) => {
+                tracing::error!(run = %self.run_id, error = %e, "run driver stopped on a storage error");
+                Exit::Halted
+            }
+        };
+        // Dropping the task set aborts attempts still in flight (their bash
+        // process trees die with them).
+        self.tasks.shutdown().await;
+        if matches!(exit, Exit::Halted) {
+            tracing::debug!(run = %self.run_id, "run driver halted");
+        }
+        self.engine.release(&self.run_id);
+    }
+
+    fn owner_op(&self) -> Op {
+        Op::AssertOwner {
+            owner_id: self.engine.owner_id.clone(),
+        }
+    }
+
+    /// Commits the carried ops plus `commit`'s, in one transaction.
+    async fn commit(&mut self, extra: Commit) -> Result<bool, StoreError> {
+        let fresh = Commit::new(self.run_id.clone()).op(self.owner_op());
+        let mut commit = std::mem::replace(&mut self.carry, fresh);
+        commit.ops.extend(extra.ops);
+        commit.events.extend(extra.events);
+        match self.engine.store.commit(commit).await {
+            Ok(_) => Ok(true),
+            // The run was cancelled or taken over: stop quietly.
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn halted(&self) -> bool {
+        self.slot.halt.is_cancelled()
+    }
+
+    async fn drive(&mut self) -> Result<Exit, StoreError> {
+        loop {
+            if self.halted() {
+                return Ok(Exit::Halted);
+            }
+            let ctx = self.state.render_context(self.run_id.as_str());
+            let tree = match self.render(&ctx).await {
+                Ok(tree) => tree,
+                Err(error) => return self.fail(error).await,
+            };
+            let plan = schedule::plan(
+                &tree,
+                &View {
+                    nodes: &self.state.nodes,
+                    loops: &self.state.loops,
+                    decisions: &self.state.decisions,
+                    signals: &self.state.signals,
+                    inflight: &self.inflight.keys().cloned().collect::<HashSet<_>>(),
+                    max_concurrency: self.max_concurrency,
+                    now_ms: now_ms(),
+                },
+            );
+            let mut step = Commit::new(self.run_id.clone());
+            self.frame(&tree, &mut step);
+            self.mount(&plan, &mut step);
+            match &plan.outcome {
+                Outcome::Failed(error) => {
+                    let error = error.clone();
+                    self.carry.ops.extend(step.ops);
+                    self.carry.events.extend(step.events);
+                    return self.fail(error).await;
+                }
+                Outcome::Finished => {
+                    let failed: Vec<String> = plan.failed_children.iter().map(|k| k.to_string()).collect();
+                    step.push_op(Op::SetRunStatus {
+                        status: RunStatus::Finished,
+                        error: None,
+                    });
+                    step.push_event(EventBody::RunFinished {
+                        failed_children: (!failed.is_empty()).then_some(failed.len() as u32),
+                        failed_child_keys: (!failed.is_empty()).then_some(failed),
+                    });
+                    self.commit(step).await?;
+                    return Ok(Exit::Settled);
+                }
+                Outcome::Progress => {}
+            }
+            if !plan.changes.is_empty() {
+                self.apply_changes(&plan.changes, &mut step);
+                if !self.commit(step).await? {
+                    return Ok(Exit::Halted);
+                }
+                continue;
+            }
+            self.request_inputs(&plan, &mut step);
+            let started = self.prepare_starts(&plan.starts, &mut step);
+            if !self.commit(step).await? {
+                return Ok(Exit::Halted);
+            }
+            for start in started {
+                self.launch(start, &ctx);
+            }
+            if self.inflight.is_empty() && plan.wake_at_ms.is_none() {
+                match plan.blocked {
+                    Some(blocked) => {
+                        if self.park(blocked).await? {
+                            return Ok(Exit::Settled);
+                        }
+                        continue;
+                    }
+                    None => {
+                        return self
+                            .fail(ErrorInfo::new(
+                                "SCHEDULER_STALLED",
+                                "the workflow has unfinished nodes but nothing can run; this is a bug",
+                            ))
+                            .await;
+                    }
+                }
+            }
+            if !self.wait(plan.wake_at_ms).await? {
+                return Ok(Exit::Halted);
+            }
+        }
+    }
+
+    async fn render(&self, ctx: &RenderContext) -> Result<Tree, ErrorInfo> {
+        match self.engine.runtime.render(&self.workflow, ctx).await {
+            Ok(Ok(nodes)) => Tree::from_wire(nodes)
+                .map_err(|m| ErrorInfo::new("RENDER_INVALID", format!("render returned an invalid tree: {m}"))),
+            Ok(Err(message)) => Err(ErrorInfo::new("RENDER_FAILED", format!("render failed: {message}"))),
+            Err(fault) => Err(ErrorInfo::new("RENDER_FAILED", format!("render failed: {}", fault.message))
+                .with_details(json!({ "cause": fault.code }))),
+        }
+    }
+
+    fn frame(&mut self, tree: &Tree, step: &mut Commit) {
+        let loops = &self.state.loops;
+        let iteration_of = |position: usize| {
+            tree.nodes[position]
+                .enclosing_loop
+                .and_then(|l| loops.get(&tree.nodes[l].id))
+                .map_or(0, |s| s.iteration)
+        };
+        let (tree_json, task_index_json, tree_hash) = tree.frame(&self.workflow.info.name, iteration_of);
+        self.state.frame_no += 1;
+        let trigger = std::mem::replace(&mut self.trigger, json!({ "reason": "stability-check" }));
+        step.push_op(Op::InsertFrame {
+            frame_no: self.state.frame_no,
+            tree_hash: tree_hash.clone(),
+            tree_json,
+            task_index_json,
+            trigger_json: trigger.to_string(),
+        });
+        step.push_event(EventBody::FrameCommitted {
+            frame_no: self.state.frame_no,
+            xml_hash: tree_hash,
+            trigger,
+        });
+    }
+
+    fn mount(&mut self, plan: &Plan, step: &mut Commit) {
+        for (key, label) in &plan.mounted {
+            step.push_op(Op::UpsertNode(NodeUpdate {
+                label: label.clone(),
+                ..NodeUpdate::new(key, NodeState::Pending)
+            }));
+            step.push_event(EventBody::NodePending {
+                node_id: key.node_id.clone(),
+                iteration: key.iteration,
+            });
+            self.state.node_mut(key).state = Some(NodeState::Pending);
+        }
+    }
+
+    fn apply_changes(&mut self, changes: &[Change], step: &mut Commit) {
+        for change in changes {
+            match change {
+                Change::Skip(key) => {
+                    step.push_op(node_op(key, NodeState::Skipped));
+                    step.push_event(EventBody::NodeSkipped {
+                        node_id: key.node_id.clone(),
+                        iteration: key.iteration,
+                    });
+                    self.state.node_mut(key).state = Some(NodeState::Skipped);
+                    self.trigger = json!({ "reason": "node-skipped", "nodeId": key.node_id });
+                }
+                Change::FinishApproval { key, output, skipped } => {
+                    let state = if *skipped { NodeState::Skipped } else { NodeState::Finished };
+                    step.push_op(Op::UpsertNode(NodeUpdate {
+                        output_json: Some(output.clone()),
+                        ..NodeUpdate::new(key, state)
+                    }));
+                    step.push_event(if *skipped {
+                        EventBody::NodeSkipped {
+                            node_id: key.node_id.clone(),
+                            iteration: key.iteration,
+                        }
+                    } else {
+                        EventBody::NodeFinished {
+                            node_id: key.node_id.clone(),
+                            iteration: key.iteration,
+                            attempt: 1,
+                        }
+                    });
+                    let node = self.state.node_mut(key);
+                    node.state = Some(state);
+                    node.output = Some(output.clone());
+                    self.trigger = json!({ "reason": "approval-decided", "nodeId": key.node_id });
+                }
+                Change::FailApproval { key, error } => {
+                    step.push_op(Op::UpsertNode(NodeUpdate {
+                        error: Some(error.clone()),
+                        ..NodeUpdate::new(key, NodeState::Failed)
+                    }));
+                    step.push_event(EventBody::NodeFailed {
+                        node_id: key.node_id.clone(),
+                        iteration: key.iteration,
+                        attempt: 1,
+                        error: error.clone(),
+                    });
+                    let node = self.state.node_mut(key);
+                    node.state = Some(NodeState::Failed);
+                    node.error = Some(error.clone());
+                    self.trigger = json!({ "reason": "approval-decided", "nodeId": key.node_id });
+                }
+                Change::ConsumeSignal { key, seq, payload } => {
+                    step.push_op(Op::ConsumeSignal {
+                        seq: *seq,
+                        key: key.clone(),
+                    });
+                    step.push_op(Op::UpsertNode(NodeUpdate {
+                        output_json: Some(payload.clone()),
+                        ..NodeUpdate::new(key, NodeState::Finished)
+                    }));
+                    step.push_event(EventBody::NodeFinished {
+                        node_id: key.node_id.clone(),
+                        iteration: key.iteration,
+                        attempt: 1,
+                    });
+                    let node = self.state.node_mut(key);
+                    node.state = Some(NodeState::Finished);
+                    node.output = Some(payload.clone());
+                    self.state.signals.retain(|s| s.seq != *seq);
+                    self.trigger = json!({ "reason": "signal", "nodeId": key.node_id });
+                }
+                Change::AdvanceLoop { loop_id, iteration } => {
+                    step.push_op(Op::SetLoop {
+                        loop_id: loop_id.clone(),
+                        iteration: *iteration,
+                        done: false,
+                    });
+                    step.push_event(EventBody::LoopIterationStarted {
+                        node_id: loop_id.clone(),
+                        iteration: *iteration,
+                    });
+                    let state = self.state.loops.entry(loop_id.clone()).or_default();
+                    state.iteration = *iteration;
+                    self.trigger = json!({ "reason": "loop-advanced", "nodeId": loop_id, "iteration": iteration });
+                }
+                Change::CompleteLoop { loop_id, iteration } => {
+                    step.push_op(Op::SetLoop {
+                        loop_id: loop_id.clone(),
+                        iteration: *iteration,
+                        done: true,
+                    });
+                    let state = self.state.loops.entry(loop_id.clone()).or_default();
+                    state.iteration = *iteration;
+                    state.done = true;
+                    self.trigger = json!({ "reason": "loop-completed", "nodeId": loop_id });
+                }
+            }
+        }
+    }
+
+    fn request_inputs(&mut self, plan: &Plan, step: &mut Commit) {
+        for (key, spec) in &plan.request_approvals {
+            let request = json!({
+                "mode": "approve",
+                "title": spec.title.clone().unwrap_or_else(|| key.node_id.clone()),
+                "summary": spec.summary,
+                "onDeny": match spec.on_deny {
+                    crate::runtime::OnDeny::Fail => "fail",
+                    crate::runtime::OnDeny::Continue => "continue",
+                    crate::runtime::OnDeny::Skip => "skip",
+                },
+                "allowedScopes": spec.allowed_scopes,
+                "allowedUsers": spec.allowed_users,
+                "metadata": spec.meta.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()),
+            });
+            step.push_op(Op::RequestApproval {
+                key: key.clone(),
+                label: spec.title.clone(),
+                request_json: request.to_string(),
+            });
+            step.push_op(node_op(key, NodeState::WaitingApproval));
+            step.push_event(EventBody::ApprovalRequested {
+                node_id: key.node_id.clone(),
+                iteration: key.iteration,
+                request: request.clone(),
+            });
+            step.push_event(EventBody::NodeWaitingApproval {
+                node_id: key.node_id.clone(),
+                iteration: key.iteration,
+                request,
+            });
+            self.state.node_mut(key).state = Some(NodeState::WaitingApproval);
+        }
+        for (key, name) in &plan.wait_signals {
+            step.push_op(node_op(key, NodeState::WaitingEvent));
+            step.push_event(EventBody::NodeWaitingEvent {
+                node_id: key.node_id.clone(),
+                iteration: key.iteration,
+                signal_name: name.clone(),
+            });
+            self.state.node_mut(key).state = Some(NodeState::WaitingEvent);
+        }
+    }
+
+    fn prepare_starts(&mut self, starts: &[Start], step: &mut Commit) -> Vec<Start> {
+        for start in starts {
+            step.push_op(Op::StartAttempt {
+                key: start.key.clone(),
+                attempt: start.attempt,
+                meta_json: Some(
+                    json!({
+                        "kind": "task",
+                        "retries": start.spec.retries,
+                        "timeoutMs": start.spec.timeout_ms,
+                        "label": start.spec.label,
+                        "meta": start.spec.meta.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()),
+                        "workflowHash": self.workflow.hash.as_str(),
+                    })
+                    .to_string(),
+                ),
+            });
+            step.push_op(Op::UpsertNode(NodeUpdate {
+                last_attempt: Some(start.attempt),
+                retry_at_ms: Some(None),
+                ..NodeUpdate::new(&start.key, NodeState::InProgress)
+            }));
+            step.push_event(EventBody::NodeStarted {
+                node_id: start.key.node_id.clone(),
+                iteration: start.key.iteration,
+                attempt: start.attempt,
+            });
+            let node = self.state.node_mut(&start.key);
+            node.state = Some(NodeState::InProgress);
+            node.attempts = start.attempt;
+            node.retry_at_ms = None;
+        }
+        starts.to_vec()
+    }
+
+    fn launch(&mut self, start: Start, render: &RenderContext) {
+        let cancel = self.slot.halt.child_token();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let env = TaskEnv {
+            root_dir: self.engine.config.root_dir.clone(),
+            sandbox: self.engine.config.sandbox.clone(),
+            events: events_tx,
+            cancel: cancel.clone(),
+            timeout: start.spec.timeout_ms.map(Duration::from_millis),
+            node_id: start.key.node_id.clone(),
+            iteration: start.key.iteration,
+            attempt: start.attempt,
+            run_id: self.run_id.to_string(),
+        };
+        let ctx = TaskContext {
+            render: render.clone(),
+            node_id: start.key.node_id.clone(),
+            iteration: start.key.iteration,
+            attempt: start.attempt,
+        };
+        let runtime = self.engine.runtime.clone();
+        let workflow = self.workflow.clone();
+        let store = self.engine.store.clone();
+        let run_id = self.run_id.clone();
+        let owner_id = self.engine.owner_id.clone();
+        let key = start.key.clone();
+        let attempt = start.attempt;
+        self.inflight.insert(
+            start.key.clone(),
+            Inflight {
+                attempt,
+                spec: start.spec,
+                cancel,
+            },
+        );
+        self.tasks.spawn(async move {
+            let call = runtime.run_task(&workflow, &ctx, env);
+            let forward = forward_task_events(store, run_id, owner_id, events_rx);
+            let (result, ()) = tokio::join!(call, forward);
+            Finished { key, attempt, result }
+        });
+    }
+
+    /// Waits for a task to end, outside input, a retry timer or a halt.
+    /// Returns false when the driver must stop.
+    async fn wait(&mut self, wake_at_ms: Option<i64>) -> Result<bool, StoreError> {
+        let sleep = async {
+            match wake_at_ms {
+                Some(at) => tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.slot.halt.cancelled() => Ok(false),
+            Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                let mut finished = vec![joined];
+                // Fold every attempt that already ended into the same step.
+                while let Some(more) = self.tasks.try_join_next() {
+                    finished.push(more);
+                }
+                for joined in finished {
+                    match joined {
+                        Ok(done) => self.complete(done),
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => tracing::error!(run = %self.run_id, error = %e, "task join failed"),
+                    }
+                }
+                Ok(!self.halted())
+            }
+            _ = self.slot.wake.notified() => {
+                self.reload_inputs().await?;
+                Ok(true)
+            }
+            _ = sleep => {
+                self.trigger = json!({ "reason": "retry" });
+                Ok(true)
+            }
+        }
+    }
+
+    /// Turns an attempt's result into ops and events carried by the next commit.
+    fn complete(&mut self, done: Finished) {
+        let Some(inflight) = self.inflight.remove(&done.key) else {
+            return;
+        };
+        let key = done.key;
+        let attempt = done.attempt;
+        let failure = match done.result {
+            Ok(Ok(output)) => match serde_json::from_str::<Value>(&output) {
+                Ok(_) => {
+                    self.carry.push_op(Op::EndAttempt {
+                        key: key.clone(),
+                        attempt,
+                        state: AttemptState::Finished,
+                        error: None,
+                    });
+                    self.carry.push_op(Op::UpsertNode(NodeUpdate {
+                        output_json: Some(output.clone()),
+                        last_attempt: Some(attempt),
+                        ..NodeUpdate::new(&key, NodeState::Finished)
+                    }));
+                    self.carry.push_event(EventBody::NodeFinished {
+                        node_id: key.node_id.clone(),
+                        iteration: key.iteration,
+                        attempt,
+                    });
+                    let node = self.state.node_mut(&key);
+                    node.state = Some(NodeState::Finished);
+                    node.output = Some(output);
+                    self.trigger = json!({ "reason": "task-finished", "nodeId": key.node_id, "iteration": key.iteration });
+                    return;
+                }
+                Err(e) => (
+                    ErrorInfo::new("INVALID_OUTPUT", format!("the task returned invalid JSON: {e}")),
+                    false,
+                ),
+            },
+            Ok(Err(task_error)) => {
+                let mut error = ErrorInfo::new(task_error.code, task_error.message);
+                if let Some(details) = task_error.details.and_then(|d| serde_json::from_str(&d).ok()) {
+                    error = error.with_details(details);
+                }
+                (error, task_error.retryable)
+            }
+            Err(fault) => (ErrorInfo::new(fault.code, fault.message), true),
+        };
+        let (error, retryable) = failure;
+        let error = error.for_node(key.node_id.clone());
+        drop(inflight.cancel);
+        let retry = retryable && attempt <= inflight.spec.retries;
+        self.carry.push_op(Op::EndAttempt {
+            key: key.clone(),
+            attempt,
+            state: AttemptState::Failed,
+            error: Some(error.clone()),
+        });
+        self.carry.push_event(EventBody::NodeFailed {
+            node_id: key.node_id.clone(),
+            iteration: key.iteration,
+            attempt,
+            error: error.clone(),
+        });
+        let node = self.state.node_mut(&key);
+        node.error = Some(error.clone());
+        if retry {
+            let delay = backoff_delay(&inflight.spec, attempt);
+            let retry_at = now_ms() + delay as i64;
+            node.state = Some(NodeState::Pending);
+            node.retry_at_ms = Some(retry_at);
+            self.carry.push_op(Op::UpsertNode(NodeUpdate {
+                error: Some(error),
+                retry_at_ms: Some(Some(retry_at)),
+                ..NodeUpdate::new(&key, NodeState::Pending)
+            }));
+            self.carry.push_event(EventBody::NodeRetrying {
+                node_id: key.node_id.clone(),
+                iteration: key.iteration,
+                attempt: attempt + 1,
+                delay_ms: delay,
+            });
+        } else {
+            node.state = Some(NodeState::Failed);
+            self.carry.push_op(Op::UpsertNode(NodeUpdate {
+                error: Some(error),
+                ..NodeUpdate::new(&key, NodeState::Failed)
+            }));
+        }
+        self.trigger = json!({ "reason": "task-failed", "nodeId": key.node_id, "iteration": key.iteration });
+    }
+
+    /// Re-reads decisions and signals after outside input.
+    async fn reload_inputs(&mut self) -> Result<(), StoreError> {
+        self.slot.dirty.store(false, Ordering::SeqCst);
+        let id = self.run_id.clone();
+        let Some(snapshot) = self.engine.store.read(move |r| r.snapshot(&id)).await? else {
+            return Ok(());
+        };
+        let fresh = RunState::from_snapshot(&snapshot);
+        self.state.decisions = fresh.decisions;
+        self.state.signals = fresh.signals;
+        for (key, status) in fresh.nodes {
+            // Decisions reset approval nodes to pending; keep everything else
+            // (the driver's own view is newer than the database's).
+            if status.state == Some(NodeState::Pending)
+                && self.state.nodes.get(&key).and_then(|s| s.state) == Some(NodeState::WaitingApproval)
+            {
+                self.state.node_mut(&key).state = Some(NodeState::Pending);
+            }
+        }
+        self.trigger = json!({ "reason": "input" });
+        Ok(())
+    }
+
+    /// Parks the run. Returns true when the driver may exit, false when input
+    /// arrived meanwhile and the run continues.
+    async fn park(&mut self, blocked: Blocked) -> Result<bool, StoreError> {
+        let status = match blocked {
+            Blocked::Approval => RunStatus::WaitingApproval,
+            Blocked::Event => RunStatus::WaitingEvent,
+        };
+        let step = Commit::new(self.run_id.clone())
+            .op(Op::SetRunStatus { status, error: None })
+            .event(EventBody::RunStatusChanged { status });
+        if !self.commit(step).await? {
+            return Ok(true);
+        }
+        // Input that raced with parking either set `dirty` before we look
+        // (we continue) or finds no driver and resumes the run itself.
+        let continue_running = {
+            let mut active = self.engine.active.lock().expect("registry");
+            if self.slot.dirty.swap(false, Ordering::SeqCst) {
+                true
+            } else {
+                active.remove(&self.run_id);
+                self.slot.finished.send_replace(true);
+                false
+            }
+        };
+        if !continue_running {
+            return Ok(true);
+        }
+        let claimed = self
+            .engine
+            .store
+            .commit(
+                Commit::new(self.run_id.clone())
+                    .op(Op::ClaimRun {
+                        owner_id: self.engine.owner_id.clone(),
+                        workflow_hash: self.workflow.hash.to_string(),
+                        steal_running: false,
+                    })
+                    .event(EventBody::RunStatusChanged {
+                        status: RunStatus::Running,
+                    }),
+            )
+            .await;
+        match claimed {
+            Ok(_) => {
+                self.reload_inputs().await?;
+                Ok(false)
+            }
+            Err(StoreError::Conflict(_)) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fails the run: stops tasks still running, then records `RunFailed`.
+    async fn fail(&mut self, error: ErrorInfo) -> Result<Exit, StoreError> {
+        let mut step = Commit::new(self.run_id.clone());
+        for (key, inflight) in self.inflight.drain() {
+            inflight.cancel.cancel();
+            step.push_op(Op::EndAttempt {
+                key: key.clone(),
+                attempt: inflight.attempt,
+                state: AttemptState::Cancelled,
+                error: None,
+            });
+            step.push_op(node_op(&key, NodeState::Cancelled));
+            step.push_event(EventBody::NodeCancelled {
+                node_id: key.node_id.clone(),
+                iteration: key.iteration,
+                attempt: Some(inflight.attempt),
+                reason: "run-failed".into(),
+            });
+        }
+        self.tasks.shutdown().await;
+        let run_error = match &error.node_id {
+            Some(node) if !error.message.contains(node.as_str()) => ErrorInfo {
+                message: format!("Task {node} failed: {}", error.message),
+                ..error.clone()
+            },
+            _ => error.clone(),
+        };
+        step.push_op(Op::SetRunStatus {
+            status: RunStatus::Failed,
+            error: Some(run_error.clone()),
+        });
+        step.push_event(EventBody::RunFailed { error: run_error });
+        self.commit(step).await?;
+        Ok(Exit::Settled)
+    }
+}
+
+/// An `UpsertNode` that only changes the state.
+fn node_op(key: &NodeKey, state: NodeState) -> Op {
+    Op::UpsertNode(NodeUpdate::new(key, state))
+}
+
+/// Delay before the attempt after `attempt`.
+fn backoff_delay(spec: &TaskSpec, attempt: u32) -> u64 {
+    const MAX_DELAY_MS: u64 = 5 * 60 * 1000;
+    let base = spec.initial_delay_ms;
+    let delay = match spec.backoff {
+        Backoff::Fixed => base,
+        Backoff::Linear => base.saturating_mul(attempt as u64),
+        Backoff::Exponential => base.saturating_mul(1u64 << (attempt.saturating_sub(1)).min(32)),
+    };
+    delay.min(MAX_DELAY_MS)
+}
+
+/// Commits a task's streamed events (output, tool calls) as they come.
+async fn forward_task_events(
+    store: crate::store::Store,
+    run_id: RunId,
+    owner_id: String,
+    mut events: mpsc::UnboundedReceiver<EventBody>,
+) {
+    while let Some(first) = events.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = events.try_recv() {
+            batch.push(more);
+        }
+        let mut commit = Commit::new(run_id.clone()).op(Op::AssertOwner {
+            owner_id: owner_id.clone(),
+        });
+        commit.events = batch;
+        if let Err(e) = store.commit(commit).await {
+            tracing::debug!(run = %run_id, error = %e, "task events dropped");
+        }
+    }
+}

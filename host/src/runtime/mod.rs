@@ -1,0 +1,503 @@
+//! Executing workflow components with wasmtime.
+//!
+//! One [`Runtime`] owns the wasmtime `Engine` (configured once: async, epoch
+//! interruption, pooling allocator), the `Linker` (WASI without sockets plus
+//! our `tools`) and the compiled-component cache. Every `describe`, `render`
+//! and `run-task` call gets a fresh `Store` instantiated from a cached
+//! `InstancePre`, with a memory limit and its own WASI context: no state leaks
+//! between calls, and a guest that traps, loops or exhausts memory only fails
+//! its own call.
+//!
+//! The runtime knows nothing about runs or the database: task-side events
+//! (output, tool calls) leave through a channel the engine provides.
+
+mod bindings;
+pub mod build;
+mod cache;
+mod limits;
+mod tools;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use bindings::types::{
+    ApprovalOptions, Backoff, LoopOptions, LoopState, Node, NodeKind, OnDeny, OnMaxReached, Output,
+    RenderContext, TaskContext, TaskError, TaskOptions, WorkflowInfo,
+};
+pub use cache::{CacheStats, LoadSource};
+
+use crate::model::{ComponentHash, EventBody};
+use crate::sandbox::SandboxPolicy;
+use crate::sandbox::wasi::CapturedOutput;
+use limits::GuestLimiter;
+
+/// Interval of the epoch clock: the granularity of preemption and timeouts.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Tunables of the runtime. `Default` is what `smithers-host` ships with.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Linear memory limit of one instance.
+    pub max_memory_bytes: u64,
+    /// Cap of captured guest stdout and of stderr, per call.
+    pub max_guest_output_bytes: usize,
+    /// Use the pooling instance allocator (fast instantiation).
+    pub pooling: bool,
+    /// Where compiled components are cached on disk (`None`: memory only).
+    pub cache_dir: Option<PathBuf>,
+    /// Compiled components kept in memory.
+    pub memory_cache_entries: usize,
+    /// Most instances alive at once (pooling allocator capacity).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 256 * 1024 * 1024,
+            max_guest_output_bytes: 1024 * 1024,
+            pooling: true,
+            cache_dir: None,
+            memory_cache_entries: 64,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// The component needs an import this host does not provide (e.g. sockets).
+    #[error("{0}")]
+    UnsatisfiedImport(String),
+    /// The component does not export the `smithers:workflow` world.
+    #[error("{0}")]
+    MissingExports(String),
+    /// `describe` failed.
+    #[error("describe() failed: {0}")]
+    Describe(String),
+}
+
+impl LoadError {
+    /// Wire code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "WORKFLOW_INVALID_COMPONENT",
+            Self::UnsatisfiedImport(_) => "WORKFLOW_UNSUPPORTED_IMPORT",
+            Self::MissingExports(_) => "WORKFLOW_MISSING_EXPORTS",
+            Self::Describe(_) => "WORKFLOW_DESCRIBE_FAILED",
+        }
+    }
+}
+
+/// A failure of a guest call that is not the guest's own `Err` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFault {
+    /// `TASK_TIMEOUT`, `CANCELLED`, `GUEST_MEMORY_LIMIT`, `GUEST_STACK_OVERFLOW`,
+    /// `GUEST_TRAP`, `INSTANTIATION_FAILED`.
+    pub code: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+impl GuestFault {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A loaded, instantiable workflow version.
+pub struct Workflow {
+    /// Content hash.
+    pub hash: ComponentHash,
+    /// What `describe()` returned.
+    pub info: WorkflowInfo,
+    pre: bindings::WorkflowPre<HostState>,
+}
+
+/// A workflow as returned by [`Runtime::load`], with where it came from.
+pub struct Loaded {
+    /// The workflow.
+    pub workflow: Arc<Workflow>,
+    /// Memory, disk or a fresh compile.
+    pub source: LoadSource,
+    /// Time spent compiling or deserializing.
+    pub compile_ms: u64,
+}
+
+/// What a task call needs beyond its context.
+pub struct TaskEnv {
+    /// Directory preopened at `/`.
+    pub root_dir: PathBuf,
+    /// Policy of the bash tool.
+    pub sandbox: Arc<SandboxPolicy>,
+    /// Where `NodeOutput` / `ToolCall*` events go.
+    pub events: UnboundedSender<EventBody>,
+    /// Stops the call (and any tool it runs) when triggered.
+    pub cancel: CancellationToken,
+    /// Wall-clock limit of the call.
+    pub timeout: Option<Duration>,
+    /// Node, iteration, attempt and run id for event attribution.
+    pub node_id: String,
+    /// Loop iteration.
+    pub iteration: u32,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Run id (for tool call ids and logs).
+    pub run_id: String,
+}
+
+/// Per-store host state.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: GuestLimiter,
+    tools: Option<tools::ToolContext>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The wasmtime engine, linker and component cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: cache::ComponentCache,
+    config: RuntimeConfig,
+    ticker_stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine (falling back from the pooling allocator to on-demand
+    /// allocation if the machine refuses its reservations) and the linker.
+    pub fn new(config: RuntimeConfig) -> wasmtime::Result<Self> {
+        let engine = match Engine::new(&engine_config(&config, config.pooling)) {
+            Ok(engine) => engine,
+            Err(e) if config.pooling => {
+                tracing::warn!(error = %e, "pooling allocator unavailable, using on-demand allocation");
+                Engine::new(&engine_config(&config, false))?
+            }
+            Err(e) => return Err(e),
+        };
+        let mut linker = Linker::<HostState>::new(&engine);
+        add_wasi_without_sockets(&mut linker)?;
+        bindings::Workflow::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let ticker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
+        let cache = cache::ComponentCache::new(
+            config.memory_cache_entries,
+            config.cache_dir.clone(),
+            &engine,
+        );
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            config,
+            ticker_stop,
+        })
+    }
+
+    /// The runtime's configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Cache hit/miss counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Loads the component with these bytes: from memory, from the disk cache
+    /// or by compiling it; checks its imports and exports and calls
+    /// `describe`. Concurrent loads of one new hash compile it once.
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
+        let hash = ComponentHash::of(&bytes);
+        let (component, source, compile_ms) = self.cache.get_or_compile(&hash, bytes).await?;
+        if let Some(workflow) = self.cache.loaded(&hash) {
+            return Ok(Loaded {
+                workflow,
+                source,
+                compile_ms,
+            });
+        }
+        let workflow = Arc::new(self.prepare(hash.clone(), &component).await?);
+        self.cache.remember_loaded(&hash, workflow.clone());
+        Ok(Loaded {
+            workflow,
+            source,
+            compile_ms,
+        })
+    }
+
+    async fn prepare(&self, hash: ComponentHash, component: &Component) -> Result<Workflow, LoadError> {
+        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
+            LoadError::UnsatisfiedImport(format!(
+                "the component needs something this host does not provide \
+                 (workflows get WASI files, clocks and random numbers, and no sockets): {e:#}"
+            ))
+        })?;
+        let pre = bindings::WorkflowPre::new(instance_pre).map_err(|e| {
+            LoadError::MissingExports(format!(
+                "the component does not implement the smithers:workflow world \
+                 (exports describe, render, run-task): {e:#}"
+            ))
+        })?;
+        let mut workflow = Workflow {
+            hash,
+            info: WorkflowInfo {
+                name: String::new(),
+                version: String::new(),
+                input_schema: None,
+            },
+            pre,
+        };
+        let (mut store, _out) = self.render_store();
+        let result = with_deadline(Some(Duration::from_secs(10)), &CancellationToken::new(), async {
+            let instance = workflow.pre.instantiate_async(&mut store).await?;
+            instance.call_describe(&mut store).await
+        })
+        .await;
+        workflow.info = match result {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => return Err(LoadError::Describe(fault_of(&e, &store).message)),
+            Err(fault) => return Err(LoadError::Describe(fault.message)),
+        };
+        Ok(workflow)
+    }
+
+    fn render_store(&self) -> (Store<HostState>, (CapturedOutput, CapturedOutput)) {
+        let stdout = CapturedOutput::new(self.config.max_guest_output_bytes);
+        let stderr = CapturedOutput::new(self.config.max_guest_output_bytes);
+        let wasi = crate::sandbox::wasi::render_context(&stdout, &stderr);
+        (self.new_store(wasi, None), (stdout, stderr))
+    }
+
+    fn new_store(&self, wasi: WasiCtx, tools: Option<tools::ToolContext>) -> Store<HostState> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: GuestLimiter::new(self.config.max_memory_bytes),
+                tools,
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        // Every epoch tick the guest yields to the async executor: a busy loop
+        // cannot starve other runs, and deadlines (enforced by dropping the
+        // call's future) are observed within one tick.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    /// Calls `render`. Guest-side `Err(message)` is returned as `Ok(Err(..))`.
+    pub async fn render(
+        &self,
+        workflow: &Workflow,
+        ctx: &RenderContext,
+    ) -> Result<Result<Vec<Node>, String>, GuestFault> {
+        let (mut store, _out) = self.render_store();
+        let result = with_deadline(Some(Duration::from_secs(30)), &CancellationToken::new(), async {
+            let instance = workflow.pre.instantiate_async(&mut store).await?;
+            instance.call_render(&mut store, ctx).await
+        })
+        .await?;
+        result.map_err(|e| fault_of(&e, &store))
+    }
+
+    /// Calls `run-task` with the root dir preopened and the tools enabled.
+    /// Captured stdout/stderr are sent as `NodeOutput` events before returning.
+    pub async fn run_task(
+        &self,
+        workflow: &Workflow,
+        ctx: &TaskContext,
+        env: TaskEnv,
+    ) -> Result<Result<String, TaskError>, GuestFault> {
+        let stdout = CapturedOutput::new(self.config.max_guest_output_bytes);
+        let stderr = CapturedOutput::new(self.config.max_guest_output_bytes);
+        let wasi = crate::sandbox::wasi::task_context(&env.root_dir, &stdout, &stderr)
+            .map_err(|e| GuestFault::new("INSTANTIATION_FAILED", e.to_string()))?;
+        let events = env.events.clone();
+        let attribution = (env.node_id.clone(), env.iteration, env.attempt);
+        let cancel = env.cancel.clone();
+        let timeout = env.timeout;
+        let mut store = self.new_store(wasi, Some(tools::ToolContext::new(env)));
+        let result = with_deadline(timeout, &cancel, async {
+            let instance = workflow.pre.instantiate_async(&mut store).await?;
+            instance.call_run_task(&mut store, ctx).await
+        })
+        .await;
+        for (capture, stream) in [(&stdout, "stdout"), (&stderr, "stderr")] {
+            let (mut text, truncated) = capture.take();
+            if truncated {
+                text.push_str("\n[output truncated]");
+            }
+            if !text.is_empty() {
+                let _ = events.send(EventBody::NodeOutput {
+                    node_id: attribution.0.clone(),
+                    iteration: attribution.1,
+                    attempt: attribution.2,
+                    text,
+                    stream: stream.into(),
+                });
+            }
+        }
+        result?.map_err(|e| fault_of(&e, &store))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs a guest call until it completes, the deadline passes or `cancel`
+/// fires. Dropping the call's future abandons the store (and kills any bash
+/// process tree the guest started); the store is never reused.
+async fn with_deadline<T>(
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, GuestFault> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let sleep = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(GuestFault::new("CANCELLED", "the task was cancelled")),
+        _ = sleep => Err(GuestFault::new(
+            "TASK_TIMEOUT",
+            format!("the task did not finish within {} ms", timeout.unwrap_or_default().as_millis()),
+        )),
+        value = call => Ok(value),
+    }
+}
+
+/// Classifies a trap or host error raised during a call.
+fn fault_of(error: &wasmtime::Error, store: &Store<HostState>) -> GuestFault {
+    if store.data().limiter.hit_memory_limit() {
+        return GuestFault::new(
+            "GUEST_MEMORY_LIMIT",
+            format!(
+                "the workflow exceeded its memory limit of {} MiB",
+                store.data().limiter.max_memory_bytes() / (1024 * 1024)
+            ),
+        );
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        if *trap == wasmtime::Trap::StackOverflow {
+            return GuestFault::new("GUEST_STACK_OVERFLOW", "the workflow exhausted its call stack");
+        }
+        return GuestFault::new("GUEST_TRAP", format!("the workflow trapped: {trap} ({error:#})"));
+    }
+    GuestFault::new("GUEST_TRAP", format!("{error:#}"))
+}
+
+fn engine_config(config: &RuntimeConfig, pooling: bool) -> wasmtime::Config {
+    let mut wasm = wasmtime::Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .parallel_compilation(true)
+        .max_wasm_stack(1024 * 1024)
+        .async_stack_size(4 * 1024 * 1024);
+    if pooling {
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        let instances = config.max_instances;
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 4)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(16)
+            .max_memory_size(config.max_memory_bytes as usize)
+            .max_unused_warm_slots(64);
+        wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    wasm
+}
+
+/// Links WASI preview 2 except `wasi:sockets`: a component that imports
+/// sockets fails to load with a clear message instead of getting a network.
+fn add_wasi_without_sockets(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+    use wasmtime_wasi::random::WasiRandom;
+
+    struct HasIo;
+    impl wasmtime::component::HasData for HasIo {
+        type Data<'a> = &'a mut ResourceTable;
+    }
+    let l = linker;
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<HostState, HasIo>(l, |t| &mut t.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<HostState, HasIo>(l, |t| &mut t.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<HostState, HasIo>(l, |t| &mut t.table)?;
+    clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(l, <HostState as WasiClocksView>::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(l, <HostState as WasiClocksView>::clocks)?;
+    filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(l, <HostState as WasiFilesystemView>::filesystem)?;
+    filesystem::types::add_to_linker::<HostState, WasiFilesystem>(l, <HostState as WasiFilesystemView>::filesystem)?;
+    random::random::add_to_linker::<HostState, WasiRandom>(l, |t| t.wasi.random())?;
+    random::insecure::add_to_linker::<HostState, WasiRandom>(l, |t| t.wasi.random())?;
+    random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, |t| t.wasi.random())?;
+    cli::exit::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::environment::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::stdin::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::stdout::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::stderr::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::terminal_input::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::terminal_output::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, <HostState as WasiCliView>::cli)?;
+    Ok(())
+}
+
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<std::sync::atomic::AtomicBool>) {
+    // A plain thread: the tick must keep coming even when every async worker
+    // is busy running guests.
+    let _ = std::thread::Builder::new()
+        .name("smithers-epoch".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                next += EPOCH_TICK;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+                engine.increment_epoch();
+            }
+        });
+}

@@ -1,0 +1,115 @@
+//! The wire between the host and the launcher.
+//!
+//! The host gives the launcher one end of a unix socketpair as its stdin. Over
+//! it the host sends one [`LaunchSpec`] (a JSON line), and the launcher, its
+//! namespace init and the shell-to-be (until `exec`) send back [`Report`]s,
+//! one JSON line per `write`, so the host never has to guess from exit codes
+//! whether the sandbox was built. The host closing its end means "kill
+//! everything now". Nothing the confined command runs can write here: the
+//! socket is close-on-exec and the init that holds it is not dumpable.
+//!
+//! This module only defines the messages and their framing; it must never
+//! carry anything the confined command controls except its exit status.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::status::{ResourceLimits, SetupStep, Walls};
+
+/// Longest launch spec accepted (command ≤ 8 KiB and env ≤ 64 KiB fit easily).
+pub(crate) const MAX_SPEC_BYTES: usize = 1 << 20;
+/// Longest report stream the host reads.
+pub(crate) const MAX_REPORT_BYTES: usize = 64 << 10;
+
+/// Everything the launcher needs, validated by the host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LaunchSpec {
+    /// Canonical root dir, bind-mounted read-write at the same path.
+    pub root_dir: PathBuf,
+    /// Canonical working directory inside the root dir.
+    pub cwd: PathBuf,
+    /// Passed to `/bin/bash -c`.
+    pub command: String,
+    /// The complete environment of the shell, in order.
+    pub env: Vec<(String, String)>,
+    /// Share the host's network namespace.
+    pub allow_network: bool,
+    /// Go on without Landlock if the kernel lacks it.
+    pub allow_missing_landlock: bool,
+    /// Resource limits.
+    pub limits: ResourceLimits,
+    /// `RLIMIT_CPU` in seconds.
+    pub cpu_seconds: u64,
+    /// Test hook: fail at this step as if the kernel refused it.
+    pub fail_at: Option<SetupStep>,
+}
+
+/// One message from the launcher side to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "kebab-case")]
+pub(crate) enum Report {
+    /// Every wall is up; the shell is about to be executed.
+    Enforced(Walls),
+    /// A step failed; the shell was not (and will not be) started.
+    SetupFailed {
+        /// Which step.
+        step: SetupStep,
+        /// The kernel's errno, when the failure was a syscall.
+        errno: Option<i32>,
+        /// What exactly failed.
+        detail: String,
+    },
+    /// The shell exited normally.
+    Exited {
+        /// Its exit status.
+        code: i32,
+    },
+    /// The shell was killed by a signal.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
+}
+
+impl Report {
+    /// The framed bytes of this report (one JSON line).
+    pub(crate) fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).expect("reports always serialize");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Parses a report stream; `Err` names the first garbled line.
+pub(crate) fn parse_reports(bytes: &[u8]) -> Result<Vec<Report>, String> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            serde_json::from_slice(line)
+                .map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(line)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_as_json_lines() {
+        let reports = [
+            Report::SetupFailed {
+                step: SetupStep::Unshare,
+                errno: Some(1),
+                detail: "unshare(CLONE_NEWUSER): Operation not permitted".into(),
+            },
+            Report::Exited { code: 3 },
+            Report::Signaled { signal: 9 },
+        ];
+        let stream: Vec<u8> = reports.iter().flat_map(Report::to_line).collect();
+        assert_eq!(parse_reports(&stream).unwrap(), reports);
+        assert!(parse_reports(b"{\"report\":\"nope\"}\n").is_err());
+    }
+}

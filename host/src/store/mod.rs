@@ -1,0 +1,430 @@
+//! Durable state: the only module that speaks SQL.
+//!
+//! One writer thread owns the read-write connection; every mutation arrives
+//! as a [`Commit`] (a list of typed [`Op`]s plus the events they produce) and
+//! is applied in one transaction. Events get their per-run `seq` inside that
+//! transaction and are published to live listeners only after it committed,
+//! so a listener never sees an event that a crash could take back.
+//!
+//! Reads go through a small pool of read-only connections (WAL lets them run
+//! beside the writer). The store knows nothing about scheduling: it records
+//! what the engine decided and answers queries.
+
+mod hub;
+mod read;
+mod schema;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus};
+
+pub use hub::{EventHub, StoredEvent};
+pub use read::{ApprovalRow, FrameRow, NodeRow, RunRow, RunSnapshot, SignalRow};
+
+/// How hard a commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous=NORMAL` in WAL mode: a committed transaction survives a
+    /// crash of the process (SIGKILL, panic); the last ones may be lost on
+    /// power failure.
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced; survives power failure.
+    Full,
+}
+
+impl Durability {
+    /// Name used in logs and benchmark output.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Normal => "WAL, synchronous=NORMAL (survives process crashes)",
+            Self::Full => "WAL, synchronous=FULL (fsync per commit, survives power loss)",
+        }
+    }
+}
+
+/// Errors of the store, already carrying their meaning so callers map them
+/// without matching strings.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row the operation needs does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation conflicts with the current state (e.g. run not active,
+    /// approval already decided, run id taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database refused the operation (disk full, read-only, corrupt...).
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The database could not commit (e.g. disk full, read-only file system).
+    #[error("the database cannot commit: {0}")]
+    Unavailable(String),
+    /// The writer thread is gone (the host is shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// The database file was written by a newer version of smithers-host.
+    #[error("{0}")]
+    Incompatible(String),
+}
+
+/// A new run row.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// Its id.
+    pub run_id: RunId,
+    /// `describe().name`.
+    pub workflow_name: String,
+    /// Path as the client gave it, resolved under the root dir.
+    pub workflow_path: String,
+    /// Component hash at start.
+    pub workflow_hash: String,
+    /// Input JSON text.
+    pub input_json: String,
+    /// Run configuration JSON (max concurrency, root dir, network...).
+    pub config_json: String,
+    /// Who started the run, when known.
+    pub auth_json: Option<String>,
+    /// Lease owner (this host).
+    pub owner_id: String,
+}
+
+/// One typed mutation.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Inserts a run in status `running`; `Conflict` if the id exists.
+    InsertRun(NewRun),
+    /// Takes over a non-running run (resume): sets `running`, owner and
+    /// heartbeat, clears the finish time; `Conflict` if it is running.
+    ClaimRun {
+        /// New owner.
+        owner_id: String,
+        /// Hash the resumed run now uses.
+        workflow_hash: String,
+        /// Also take a `running` run whose owner is not `owner_id` (crash
+        /// recovery of a run left behind by a dead host).
+        steal_running: bool,
+    },
+    /// Fails with `Conflict` unless the run is `running` and owned by `owner_id`.
+    AssertOwner {
+        /// Expected owner.
+        owner_id: String,
+    },
+    /// Records that the run executed with this component hash.
+    RecordVersion {
+        /// Component hash.
+        hash: String,
+    },
+    /// Sets the run status; terminal statuses also set `finished_at_ms` and
+    /// drop the lease, waiting ones drop the lease.
+    SetRunStatus {
+        /// New status.
+        status: RunStatus,
+        /// Error for `failed`.
+        error: Option<ErrorInfo>,
+    },
+    /// Inserts or updates a node row.
+    UpsertNode(NodeUpdate),
+    /// Inserts an attempt in `in-progress`.
+    StartAttempt {
+        /// Node and iteration.
+        key: NodeKey,
+        /// Attempt number.
+        attempt: u32,
+        /// Task metadata.
+        meta_json: Option<String>,
+    },
+    /// Ends an attempt.
+    EndAttempt {
+        /// Node and iteration.
+        key: NodeKey,
+        /// Attempt number.
+        attempt: u32,
+        /// Final state.
+        state: AttemptState,
+        /// Why it failed.
+        error: Option<ErrorInfo>,
+    },
+    /// Marks every in-progress attempt of the run `cancelled` and resets its
+    /// node to `pending`: the attempts a crash interrupted will be retried.
+    AbandonInterruptedAttempts,
+    /// Stores a frame (and its tree, once per distinct tree).
+    InsertFrame {
+        /// Frame number.
+        frame_no: u64,
+        /// sha256 of `tree_json`.
+        tree_hash: String,
+        /// Canonical tree JSON.
+        tree_json: String,
+        /// Task index JSON.
+        task_index_json: String,
+        /// Trigger JSON.
+        trigger_json: String,
+    },
+    /// Inserts a `requested` approval (no-op if one exists for the key).
+    RequestApproval {
+        /// Node and iteration.
+        key: NodeKey,
+        /// Display label.
+        label: Option<String>,
+        /// Request JSON.
+        request_json: String,
+    },
+    /// Decides a `requested` approval whose node is `waiting-approval`, sets
+    /// the node `pending` and emits `ApprovalGranted`/`ApprovalDenied`.
+    /// `Conflict` if there is nothing to decide.
+    DecideApproval {
+        /// Node and iteration.
+        key: NodeKey,
+        /// The decision.
+        approved: bool,
+        /// Note of the decider.
+        note: Option<String>,
+        /// Who decided.
+        decided_by: Option<String>,
+    },
+    /// Stores a signal with the next signal seq and emits `SignalReceived`.
+    InsertSignal {
+        /// Signal name.
+        name: String,
+        /// Payload JSON text.
+        payload_json: String,
+        /// Correlation id.
+        correlation_id: Option<String>,
+        /// Who sent it.
+        received_by: Option<String>,
+    },
+    /// Assigns a stored signal to the node that consumed it.
+    ConsumeSignal {
+        /// Signal seq.
+        seq: u64,
+        /// Consuming node.
+        key: NodeKey,
+    },
+    /// Sets a loop's iteration and completion.
+    SetLoop {
+        /// Loop node id.
+        loop_id: String,
+        /// Current iteration.
+        iteration: u32,
+        /// The loop is complete.
+        done: bool,
+    },
+    /// Cancels a non-terminal run: in-progress attempts and nodes become
+    /// `cancelled` (`NodeCancelled`), requested approvals are denied
+    /// (`ApprovalDenied` + `NodeCancelled`), then `RunCancelled`.
+    /// `Conflict` when the run is already terminal.
+    CancelRun,
+    /// Refreshes the lease of every running run owned by `owner_id`.
+    Heartbeat {
+        /// Owner.
+        owner_id: String,
+    },
+}
+
+/// A node row change. `None` fields keep their stored value.
+#[derive(Debug, Clone)]
+pub struct NodeUpdate {
+    /// Node and iteration.
+    pub key: NodeKey,
+    /// New state.
+    pub state: NodeState,
+    /// Display label.
+    pub label: Option<String>,
+    /// Last attempt number.
+    pub last_attempt: Option<u32>,
+    /// Committed output (JSON text).
+    pub output_json: Option<String>,
+    /// Error of the last failure.
+    pub error: Option<ErrorInfo>,
+    /// Earliest start of the next attempt (`Some(None)` clears it).
+    pub retry_at_ms: Option<Option<i64>>,
+}
+
+impl NodeUpdate {
+    /// A change of state only.
+    pub fn new(key: &NodeKey, state: NodeState) -> Self {
+        Self {
+            key: key.clone(),
+            state,
+            label: None,
+            last_attempt: None,
+            output_json: None,
+            error: None,
+            retry_at_ms: None,
+        }
+    }
+}
+
+/// A batch of ops and events applied atomically to one run.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// Target run.
+    pub run_id: RunId,
+    /// Mutations, in order.
+    pub ops: Vec<Op>,
+    /// Events appended after the ops' own events.
+    pub events: Vec<EventBody>,
+}
+
+impl Commit {
+    /// An empty commit for `run_id`.
+    pub fn new(run_id: RunId) -> Self {
+        Self {
+            run_id,
+            ops: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Adds an op.
+    pub fn op(mut self, op: Op) -> Self {
+        self.ops.push(op);
+        self
+    }
+
+    /// Adds an event.
+    pub fn event(mut self, event: EventBody) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    /// Adds an op in place.
+    pub fn push_op(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// Adds an event in place.
+    pub fn push_event(&mut self, event: EventBody) {
+        self.events.push(event);
+    }
+}
+
+/// What a commit produced.
+#[derive(Debug, Clone, Default)]
+pub struct CommitOutcome {
+    /// The stored events, with their seqs, in order.
+    pub events: Vec<Arc<StoredEvent>>,
+    /// Seq of the signal an `InsertSignal` stored.
+    pub signal_seq: Option<u64>,
+    /// Receive time of that signal.
+    pub signal_received_at_ms: Option<i64>,
+}
+
+/// Summary counts of node states (`{"finished": 3, "pending": 1}`).
+pub type NodeSummary = BTreeMap<String, u64>;
+
+/// A pending approval as listed by `GET /v1/approvals`.
+pub type PendingApproval = read::PendingApprovalRow;
+
+struct WriteRequest {
+    commit: Commit,
+    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: read::ReadPool,
+    hub: EventHub,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let conn = schema::open_writer(path, durability)?;
+        let readers = read::ReadPool::open(path, 4)?;
+        let hub = EventHub::default();
+        let (tx, rx) = std::sync::mpsc::channel::<WriteRequest>();
+        let thread_hub = hub.clone();
+        let handle = std::thread::Builder::new()
+            .name("smithers-store-writer".into())
+            .spawn(move || writer::run(conn, rx, thread_hub))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(handle)),
+                readers,
+                hub,
+            }),
+        })
+    }
+
+    /// Applies a commit in one transaction and publishes its events.
+    pub async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.inner.writer.lock().expect("writer lock");
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender
+                .send(WriteRequest { commit, reply })
+                .map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Refreshes the lease of every running run owned by `owner_id`.
+    pub async fn heartbeat(&self, owner_id: &str) -> Result<(), StoreError> {
+        // The op touches no single run and emits no events; the commit's run
+        // id is only a label.
+        let label = RunId::parse("heartbeat").expect("valid label");
+        self.commit(Commit::new(label).op(Op::Heartbeat {
+            owner_id: owner_id.to_string(),
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    /// Live event listeners.
+    pub fn hub(&self) -> &EventHub {
+        &self.inner.hub
+    }
+
+    /// Runs a read query on a pooled read-only connection.
+    pub async fn read<R, F>(&self, query: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&read::Reader<'_>) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(query))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("read task failed: {e}")))?
+    }
+
+    /// Runs a read query on the current thread.
+    pub fn read_blocking<R>(
+        &self,
+        query: impl FnOnce(&read::Reader<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.inner.readers.with(query)
+    }
+
+    /// Stops the writer after it has applied every queued commit.
+    pub fn close(&self) {
+        self.inner.writer.lock().expect("writer lock").take();
+        if let Some(handle) = self.inner.writer_thread.lock().expect("thread lock").take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Decodes a stored JSON column.
+fn decode_json(raw: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

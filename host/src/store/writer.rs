@@ -1,0 +1,599 @@
+//! The writer thread: applies commits, assigns event seqs, publishes.
+//!
+//! Commits that queue up while a transaction runs are applied together in the
+//! next transaction (group commit), each inside its own savepoint so that one
+//! refused commit (a `Conflict`) does not take the others down.
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::hub::{EventHub, StoredEvent};
+use super::{Commit, CommitOutcome, NodeUpdate, Op, StoreError, WriteRequest};
+use crate::model::{
+    ApprovalStatus, AttemptState, ErrorInfo, Event, EventBody, NodeKey, NodeState, RunId,
+    RunStatus, now_ms,
+};
+
+/// Most commits folded into one transaction.
+const MAX_GROUP: usize = 64;
+
+pub(super) fn run(mut conn: Connection, rx: Receiver<WriteRequest>, hub: EventHub) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        apply_batch(&mut conn, batch, &hub);
+    }
+}
+
+fn apply_batch(conn: &mut Connection, batch: Vec<WriteRequest>, hub: &EventHub) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = e.to_string();
+            for request in batch {
+                let _ = request.reply.send(Err(StoreError::Unavailable(message.clone())));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for request in batch {
+        let result = apply_in_savepoint(&tx, &request.commit);
+        results.push(result);
+        replies.push(request.reply);
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (result, reply) in results.into_iter().zip(replies) {
+                if let Ok(outcome) = &result {
+                    hub.publish(&outcome.events);
+                }
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store commit failed");
+            let message = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+            }
+        }
+    }
+}
+
+fn apply_in_savepoint(tx: &Transaction<'_>, commit: &Commit) -> Result<CommitOutcome, StoreError> {
+    tx.execute_batch("SAVEPOINT one_commit")?;
+    match apply(tx, commit) {
+        Ok(outcome) => {
+            tx.execute_batch("RELEASE one_commit")?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO one_commit; RELEASE one_commit")?;
+            Err(e)
+        }
+    }
+}
+
+/// Collects the events a commit produces, then stores them with seqs.
+struct Pending<'a> {
+    run_id: &'a RunId,
+    events: Vec<EventBody>,
+    outcome: CommitOutcome,
+}
+
+fn apply(tx: &Transaction<'_>, commit: &Commit) -> Result<CommitOutcome, StoreError> {
+    let now = now_ms();
+    let mut pending = Pending {
+        run_id: &commit.run_id,
+        events: Vec::new(),
+        outcome: CommitOutcome::default(),
+    };
+    for op in &commit.ops {
+        apply_op(tx, &mut pending, op, now)?;
+    }
+    pending.events.extend(commit.events.iter().cloned());
+    let Pending {
+        run_id,
+        events,
+        mut outcome,
+    } = pending;
+    if !events.is_empty() {
+        outcome.events = store_events(tx, run_id, events, now)?;
+    }
+    Ok(outcome)
+}
+
+fn store_events(
+    tx: &Transaction<'_>,
+    run_id: &RunId,
+    events: Vec<EventBody>,
+    now: i64,
+) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+    let first: i64 = tx
+        .query_row(
+            "SELECT next_seq FROM runs WHERE run_id = ?1",
+            [run_id.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("run {run_id} does not exist")))?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO events (run_id, seq, timestamp_ms, type, payload_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut stored = Vec::with_capacity(events.len());
+    for (offset, body) in events.into_iter().enumerate() {
+        let seq = first as u64 + offset as u64;
+        let event_type = body.type_name().to_string();
+        let event = Event {
+            run_id: run_id.clone(),
+            seq,
+            timestamp_ms: now,
+            body,
+        };
+        let json = event.to_json();
+        insert.execute(params![run_id.as_str(), seq as i64, now, event_type, json])?;
+        stored.push(Arc::new(StoredEvent {
+            run_id: run_id.clone(),
+            seq,
+            event_type,
+            timestamp_ms: now,
+            json,
+        }));
+    }
+    tx.execute(
+        "UPDATE runs SET next_seq = ?2 WHERE run_id = ?1",
+        params![run_id.as_str(), first + stored.len() as i64],
+    )?;
+    Ok(stored)
+}
+
+fn run_status(tx: &Transaction<'_>, run_id: &RunId) -> Result<(RunStatus, Option<String>), StoreError> {
+    let row: Option<(String, Option<String>)> = tx
+        .query_row(
+            "SELECT status, owner_id FROM runs WHERE run_id = ?1",
+            [run_id.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let (status, owner) =
+        row.ok_or_else(|| StoreError::NotFound(format!("run {run_id} does not exist")))?;
+    let status = RunStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown run status {status:?}")))?;
+    Ok((status, owner))
+}
+
+fn error_json(error: &Option<ErrorInfo>) -> Option<String> {
+    error
+        .as_ref()
+        .map(|e| serde_json::to_string(e).expect("errors serialize"))
+}
+
+fn apply_op(
+    tx: &Transaction<'_>,
+    pending: &mut Pending<'_>,
+    op: &Op,
+    now: i64,
+) -> Result<(), StoreError> {
+    let run = pending.run_id.as_str();
+    match op {
+        Op::InsertRun(new) => {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO runs (run_id, workflow_name, workflow_path, workflow_hash, status,
+                    input_json, config_json, auth_json, created_at_ms, started_at_ms, heartbeat_at_ms, owner_id)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?8, ?8, ?9)",
+                params![
+                    new.run_id.as_str(),
+                    new.workflow_name,
+                    new.workflow_path,
+                    new.workflow_hash,
+                    new.input_json,
+                    new.config_json,
+                    new.auth_json,
+                    now,
+                    new.owner_id
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!("run {} already exists", new.run_id)));
+            }
+        }
+        Op::ClaimRun {
+            owner_id,
+            workflow_hash,
+            steal_running,
+        } => {
+            let (status, owner) = run_status(tx, pending.run_id)?;
+            if status == RunStatus::Running && !*steal_running && owner.as_deref() != Some(owner_id)
+            {
+                return Err(StoreError::Conflict(format!("run {run} is already running")));
+            }
+            tx.execute(
+                "UPDATE runs SET status = 'running', owner_id = ?2, heartbeat_at_ms = ?3,
+                    started_at_ms = COALESCE(started_at_ms, ?3), finished_at_ms = NULL,
+                    error_json = NULL, cancel_requested_at_ms = NULL, workflow_hash = ?4
+                 WHERE run_id = ?1",
+                params![run, owner_id, now, workflow_hash],
+            )?;
+        }
+        Op::AssertOwner { owner_id } => {
+            let (status, owner) = run_status(tx, pending.run_id)?;
+            if status != RunStatus::Running || owner.as_deref() != Some(owner_id.as_str()) {
+                return Err(StoreError::Conflict(format!(
+                    "run {run} is {status} and no longer driven by this host"
+                )));
+            }
+        }
+        Op::RecordVersion { hash } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO run_versions (run_id, hash, first_used_at_ms) VALUES (?1, ?2, ?3)",
+                params![run, hash, now],
+            )?;
+        }
+        Op::SetRunStatus { status, error } => {
+            let (current, _) = run_status(tx, pending.run_id)?;
+            if current.is_terminal() && *status != current {
+                return Err(StoreError::Conflict(format!("run {run} is already {current}")));
+            }
+            if status.is_terminal() {
+                tx.execute(
+                    "UPDATE runs SET status = ?2, error_json = ?3, finished_at_ms = ?4,
+                        heartbeat_at_ms = NULL, owner_id = NULL WHERE run_id = ?1",
+                    params![run, status.as_str(), error_json(error), now],
+                )?;
+            } else if status.is_waiting() {
+                tx.execute(
+                    "UPDATE runs SET status = ?2, heartbeat_at_ms = NULL, owner_id = NULL WHERE run_id = ?1",
+                    params![run, status.as_str()],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE runs SET status = ?2 WHERE run_id = ?1",
+                    params![run, status.as_str()],
+                )?;
+            }
+        }
+        Op::UpsertNode(NodeUpdate {
+            key,
+            state,
+            label,
+            last_attempt,
+            output_json,
+            error,
+            retry_at_ms,
+        }) => {
+            let (set_retry, retry) = match retry_at_ms {
+                Some(value) => (1, *value),
+                None => (0, None),
+            };
+            tx.prepare_cached(
+                "INSERT INTO nodes (run_id, node_id, iteration, state, last_attempt, updated_at_ms,
+                    label, output_json, error_json, retry_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11)
+                 ON CONFLICT (run_id, node_id, iteration) DO UPDATE SET
+                    state = excluded.state,
+                    updated_at_ms = excluded.updated_at_ms,
+                    last_attempt = COALESCE(excluded.last_attempt, nodes.last_attempt),
+                    label = COALESCE(excluded.label, nodes.label),
+                    output_json = COALESCE(excluded.output_json, nodes.output_json),
+                    error_json = COALESCE(excluded.error_json, nodes.error_json),
+                    retry_at_ms = CASE WHEN ?10 THEN excluded.retry_at_ms ELSE nodes.retry_at_ms END",
+            )?
+            .execute(params![
+                run,
+                key.node_id,
+                key.iteration,
+                state.as_str(),
+                last_attempt,
+                now,
+                label,
+                output_json,
+                error_json(error),
+                set_retry,
+                retry
+            ])?;
+        }
+        Op::StartAttempt {
+            key,
+            attempt,
+            meta_json,
+        } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (run_id, node_id, iteration, attempt, state, started_at_ms, meta_json)
+                 VALUES (?1, ?2, ?3, ?4, 'in-progress', ?5, ?6)",
+            )?
+            .execute(params![run, key.node_id, key.iteration, attempt, now, meta_json])?;
+        }
+        Op::EndAttempt {
+            key,
+            attempt,
+            state,
+            error,
+        } => {
+            tx.prepare_cached(
+                "UPDATE attempts SET state = ?5, finished_at_ms = ?6, error_json = ?7
+                 WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3 AND attempt = ?4",
+            )?
+            .execute(params![
+                run,
+                key.node_id,
+                key.iteration,
+                attempt,
+                state.as_str(),
+                now,
+                error_json(error)
+            ])?;
+        }
+        Op::AbandonInterruptedAttempts => {
+            let interrupted: Vec<(String, u32)> = tx
+                .prepare(
+                    "UPDATE attempts SET state = 'cancelled', finished_at_ms = ?2,
+                        error_json = '{\"name\":\"SmithersError\",\"code\":\"ATTEMPT_INTERRUPTED\",\"message\":\"the host stopped while this attempt was running\"}'
+                     WHERE run_id = ?1 AND state = 'in-progress' RETURNING node_id, iteration",
+                )?
+                .query_map(params![run, now], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (node_id, iteration) in interrupted {
+                tx.execute(
+                    "UPDATE nodes SET state = 'pending', updated_at_ms = ?4
+                     WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3 AND state = 'in-progress'",
+                    params![run, node_id, iteration, now],
+                )?;
+            }
+        }
+        Op::InsertFrame {
+            frame_no,
+            tree_hash,
+            tree_json,
+            task_index_json,
+            trigger_json,
+        } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO frame_trees (tree_hash, tree_json, task_index_json) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![tree_hash, tree_json, task_index_json])?;
+            tx.prepare_cached(
+                "INSERT INTO frames (run_id, frame_no, created_at_ms, tree_hash, trigger_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![run, *frame_no as i64, now, tree_hash, trigger_json])?;
+            tx.prepare_cached(
+                "UPDATE runs SET last_frame_no = MAX(last_frame_no, ?2) WHERE run_id = ?1",
+            )?
+            .execute(params![run, *frame_no as i64])?;
+        }
+        Op::RequestApproval {
+            key,
+            label,
+            request_json,
+        } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO approvals (run_id, node_id, iteration, status, label, requested_at_ms, request_json)
+                 VALUES (?1, ?2, ?3, 'requested', ?4, ?5, ?6)",
+                params![run, key.node_id, key.iteration, label, now, request_json],
+            )?;
+        }
+        Op::DecideApproval {
+            key,
+            approved,
+            note,
+            decided_by,
+        } => decide_approval(tx, pending, key, *approved, note, decided_by, now)?,
+        Op::InsertSignal {
+            name,
+            payload_json,
+            correlation_id,
+            received_by,
+        } => {
+            let seq: i64 = tx
+                .query_row(
+                    "UPDATE runs SET next_signal_seq = next_signal_seq + 1 WHERE run_id = ?1
+                     RETURNING next_signal_seq - 1",
+                    [run],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("run {run} does not exist")))?;
+            tx.execute(
+                "INSERT INTO signals (run_id, seq, signal_name, correlation_id, payload_json, received_at_ms, received_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![run, seq, name, correlation_id, payload_json, now, received_by],
+            )?;
+            pending.outcome.signal_seq = Some(seq as u64);
+            pending.outcome.signal_received_at_ms = Some(now);
+            pending.events.push(EventBody::SignalReceived {
+                signal_name: name.clone(),
+                signal_seq: seq as u64,
+                correlation_id: correlation_id.clone(),
+            });
+        }
+        Op::ConsumeSignal { seq, key } => {
+            let updated = tx.execute(
+                "UPDATE signals SET consumed_node_id = ?3, consumed_iteration = ?4
+                 WHERE run_id = ?1 AND seq = ?2 AND consumed_node_id IS NULL",
+                params![run, *seq as i64, key.node_id, key.iteration],
+            )?;
+            if updated == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "signal {seq} of run {run} was already consumed"
+                )));
+            }
+        }
+        Op::SetLoop {
+            loop_id,
+            iteration,
+            done,
+        } => {
+            tx.execute(
+                "INSERT INTO loops (run_id, loop_id, iteration, done, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, loop_id) DO UPDATE SET
+                    iteration = excluded.iteration, done = excluded.done, updated_at_ms = excluded.updated_at_ms",
+                params![run, loop_id, iteration, done, now],
+            )?;
+        }
+        Op::CancelRun => cancel_run(tx, pending, now)?,
+        Op::Heartbeat { owner_id } => {
+            tx.execute(
+                "UPDATE runs SET heartbeat_at_ms = ?2 WHERE owner_id = ?1 AND status = 'running'",
+                params![owner_id, now],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn decide_approval(
+    tx: &Transaction<'_>,
+    pending: &mut Pending<'_>,
+    key: &NodeKey,
+    approved: bool,
+    note: &Option<String>,
+    decided_by: &Option<String>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let run = pending.run_id.as_str();
+    let (status, _) = run_status(tx, pending.run_id)?;
+    if status.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "node {} is not waiting for approval: run {run} is {status}",
+            key.node_id
+        )));
+    }
+    let node_state: Option<String> = tx
+        .query_row(
+            "SELECT state FROM nodes WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
+            params![run, key.node_id, key.iteration],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let updated = if node_state.as_deref() == Some(NodeState::WaitingApproval.as_str()) {
+        tx.execute(
+            "UPDATE approvals SET status = ?4, decided_at_ms = ?5, note = ?6, decided_by = ?7
+             WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3 AND status = 'requested'",
+            params![
+                run,
+                key.node_id,
+                key.iteration,
+                if approved {
+                    ApprovalStatus::Approved.as_str()
+                } else {
+                    ApprovalStatus::Denied.as_str()
+                },
+                now,
+                note,
+                decided_by
+            ],
+        )?
+    } else {
+        0
+    };
+    if updated == 0 {
+        return Err(StoreError::Conflict(format!(
+            "node {} (iteration {}) is not waiting for approval",
+            key.node_id, key.iteration
+        )));
+    }
+    tx.execute(
+        "UPDATE nodes SET state = 'pending', updated_at_ms = ?4
+         WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
+        params![run, key.node_id, key.iteration, now],
+    )?;
+    let (node_id, iteration, note, decided_by) = (
+        key.node_id.clone(),
+        key.iteration,
+        note.clone(),
+        decided_by.clone(),
+    );
+    pending.events.push(if approved {
+        EventBody::ApprovalGranted {
+            node_id,
+            iteration,
+            note,
+            decided_by,
+        }
+    } else {
+        EventBody::ApprovalDenied {
+            node_id,
+            iteration,
+            note,
+            decided_by,
+        }
+    });
+    Ok(())
+}
+
+fn cancel_run(tx: &Transaction<'_>, pending: &mut Pending<'_>, now: i64) -> Result<(), StoreError> {
+    let run = pending.run_id.as_str();
+    let (status, _) = run_status(tx, pending.run_id)?;
+    if status.is_terminal() {
+        return Err(StoreError::Conflict(format!("run {run} is already {status}")));
+    }
+    let attempts: Vec<(String, u32, u32)> = tx
+        .prepare(
+            "UPDATE attempts SET state = ?2, finished_at_ms = ?3
+             WHERE run_id = ?1 AND state = 'in-progress' RETURNING node_id, iteration, attempt",
+        )?
+        .query_map(params![run, AttemptState::Cancelled.as_str(), now], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (node_id, iteration, attempt) in attempts {
+        tx.execute(
+            "UPDATE nodes SET state = 'cancelled', updated_at_ms = ?4
+             WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
+            params![run, node_id, iteration, now],
+        )?;
+        pending.events.push(EventBody::NodeCancelled {
+            node_id,
+            iteration,
+            attempt: Some(attempt),
+            reason: "run-cancelled".into(),
+        });
+    }
+    let approvals: Vec<(String, u32)> = tx
+        .prepare(
+            "UPDATE approvals SET status = 'denied', decided_at_ms = ?2, note = 'run cancelled',
+                decided_by = 'smithers:cancel'
+             WHERE run_id = ?1 AND status = 'requested' RETURNING node_id, iteration",
+        )?
+        .query_map(params![run, now], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (node_id, iteration) in approvals {
+        tx.execute(
+            "UPDATE nodes SET state = 'cancelled', updated_at_ms = ?4
+             WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
+            params![run, node_id, iteration, now],
+        )?;
+        pending.events.push(EventBody::ApprovalDenied {
+            node_id: node_id.clone(),
+            iteration,
+            note: Some("run cancelled".into()),
+            decided_by: Some("smithers:cancel".into()),
+        });
+        pending.events.push(EventBody::NodeCancelled {
+            node_id,
+            iteration,
+            attempt: None,
+            reason: "run-cancelled".into(),
+        });
+    }
+    tx.execute(
+        "UPDATE nodes SET state = 'cancelled', updated_at_ms = ?2
+         WHERE run_id = ?1 AND state IN ('waiting-event')",
+        params![run, now],
+    )?;
+    tx.execute(
+        "UPDATE runs SET status = 'cancelled', finished_at_ms = ?2, cancel_requested_at_ms = ?2,
+            heartbeat_at_ms = NULL, owner_id = NULL WHERE run_id = ?1",
+        params![run, now],
+    )?;
+    pending.events.push(EventBody::RunCancelled {});
+    Ok(())
+}
