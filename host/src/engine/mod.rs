@@ -11,6 +11,7 @@ mod run;
 mod schedule;
 mod state;
 mod tree;
+pub mod views;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -314,7 +315,7 @@ impl Engine {
     /// Resumes a parked, failed, cancelled or interrupted run with the
     /// workflow's current version. `workflow_path` overrides the stored path.
     pub async fn resume(&self, run_id: &RunId, workflow_path: Option<&str>) -> Result<ResumeOutcome, EngineError> {
-        self.inner.clone().resume(run_id, workflow_path, false).await
+        self.inner.clone().resume(run_id, workflow_path).await
     }
 
     /// Cancels a run: stops its tasks and records `RunCancelled`.
@@ -407,8 +408,10 @@ impl Engine {
                 StoreError::NotFound(_) => EngineError::RunNotFound(run_id.clone()),
                 other => other.into(),
             })?;
+        // Any non-terminal run may have a branch waiting for this signal
+        // (even one parked on an approval in another branch).
         let run = inner.run(run_id).await?;
-        if run.status == RunStatus::WaitingEvent || run.status == RunStatus::Running {
+        if !run.status.is_terminal() {
             inner.clone().wake_or_resume(run_id).await;
         }
         Ok(SignalReceipt {
@@ -430,7 +433,7 @@ impl Engine {
             .await?;
         let mut resumed = Vec::new();
         for run_id in runs {
-            match self.inner.clone().resume(&run_id, None, true).await {
+            match self.inner.clone().resume(&run_id, None).await {
                 Ok(ResumeOutcome::Resumed) => resumed.push(run_id),
                 Ok(_) => {}
                 Err(e) => tracing::error!(run = %run_id, error = %e, "cannot recover run"),
@@ -545,11 +548,12 @@ impl EngineInner {
         Ok((path, loaded))
     }
 
+    /// Resumes a run. A `running` run without a driver in this process is
+    /// taken over: the state dir lock guarantees its owner is dead.
     async fn resume(
         self: Arc<Self>,
         run_id: &RunId,
         workflow_path: Option<&str>,
-        recovering: bool,
     ) -> Result<ResumeOutcome, EngineError> {
         self.check_running()?;
         let run = self.run(run_id).await?;
@@ -559,7 +563,7 @@ impl EngineInner {
         let Some(slot) = self.reserve(run_id) else {
             return Ok(ResumeOutcome::AlreadyRunning);
         };
-        match self.clone().resume_reserved(run_id, run, workflow_path, recovering, slot).await {
+        match self.clone().resume_reserved(run_id, run, workflow_path, slot).await {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
                 self.release(run_id);
@@ -573,7 +577,6 @@ impl EngineInner {
         run_id: &RunId,
         run: RunRow,
         workflow_path: Option<&str>,
-        recovering: bool,
         slot: Arc<ActiveRun>,
     ) -> Result<ResumeOutcome, EngineError> {
         let path = workflow_path.unwrap_or(&run.workflow_path).to_string();
@@ -583,7 +586,7 @@ impl EngineInner {
             .op(Op::ClaimRun {
                 owner_id: self.owner_id.clone(),
                 workflow_hash: workflow.hash.to_string(),
-                steal_running: recovering,
+                steal_running: true,
             })
             .op(Op::AbandonInterruptedAttempts)
             .op(Op::RecordVersion {
@@ -629,7 +632,7 @@ impl EngineInner {
             active.wake.notify_one();
             return;
         }
-        if let Err(e) = self.clone().resume(run_id, None, false).await {
+        if let Err(e) = self.clone().resume(run_id, None).await {
             tracing::error!(run = %run_id, error = %e, "cannot resume run after input");
         }
     }

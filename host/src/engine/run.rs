@@ -103,6 +103,14 @@ impl Driver {
         // Dropping the task set aborts attempts still in flight (their bash
         // process trees die with them).
         self.tasks.shutdown().await;
+        // On a graceful shutdown, keep the outputs of tasks that already
+        // finished: committing them now spares re-running them on restart.
+        if matches!(exit, Exit::Halted)
+            && self.engine.shutting_down.load(Ordering::SeqCst)
+            && !self.carry.events.is_empty()
+        {
+            let _ = self.commit(Commit::new(self.run_id.clone())).await;
+        }
         if matches!(exit, Exit::Halted) {
             tracing::debug!(run = %self.run_id, "run driver halted");
         }

@@ -311,6 +311,20 @@ impl Runtime {
         store
     }
 
+    /// Instantiates the workflow in a fresh store (as every call does) and
+    /// returns how long that took; the instance is dropped unused. This is
+    /// the per-call fixed cost the benchmarks report.
+    pub async fn time_instantiation(&self, workflow: &Workflow) -> Result<Duration, GuestFault> {
+        let (mut store, _out) = self.render_store();
+        let started = Instant::now();
+        workflow
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| fault_of(&e, &store))?;
+        Ok(started.elapsed())
+    }
+
     /// Calls `render`. Guest-side `Err(message)` is returned as `Ok(Err(..))`.
     pub async fn render(
         &self,

@@ -1,0 +1,177 @@
+//! The `smithers-host` binary's local commands, run as processes on every
+//! example: exit codes, printed continuation commands, NDJSON output.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Project {
+    root: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(examples: &[&str]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        for example in examples {
+            std::fs::copy(
+                common::guest(&format!("example-{example}")),
+                root.path().join(format!("{example}.wasm")),
+            )
+            .unwrap();
+        }
+        Self {
+            root,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn host(&self, args: &[&str]) -> Output {
+        Command::new(common::host_binary())
+            .current_dir(self.root.path())
+            .args(args)
+            .arg("--root-dir")
+            .arg(self.root.path())
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .env_remove("SMITHERS_LOG")
+            .output()
+            .expect("run smithers-host")
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn ndjson(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn node_output(events: &[Value], node: &str) -> Option<Value> {
+    // Outputs are not events; read them back with `status --json` instead.
+    events
+        .iter()
+        .find(|e| e["type"] == "NodeFinished" && e["nodeId"] == node)
+        .cloned()
+}
+
+#[test]
+fn hello_greets_its_input_and_exits_zero() {
+    let project = Project::new(&["hello"]);
+    let out = project.host(&["run", "hello.wasm", "--input", r#"{"name":"Ada"}"#, "--json", "--run-id", "h1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events = ndjson(&out);
+    assert_eq!(events.first().unwrap()["type"], "RunStarted");
+    assert_eq!(events.last().unwrap()["type"], "RunFinished");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "gap-free seqs from 0");
+    assert!(node_output(&events, "greet").is_some());
+    let status = project.host(&["status", "h1", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["status"], "finished");
+    assert_eq!(status["summary"]["finished"], 1);
+}
+
+#[test]
+fn approval_parks_with_exit_3_and_the_printed_command_finishes_it() {
+    let project = Project::new(&["approval"]);
+    let out = project.host(&["run", "approval.wasm", "--run-id", "ap"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let printed = text(&out);
+    let approve_line = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("smithers-host approve ap gate"))
+        .unwrap_or_else(|| panic!("no approve command in:\n{printed}"))
+        .to_string();
+    // Run exactly the printed command (minus the program name).
+    let args: Vec<String> = approve_line.split_whitespace().skip(1).map(String::from).collect();
+    let out = Command::new(common::host_binary()).args(&args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let events = ndjson(&out);
+    assert_eq!(events.first().unwrap()["type"], "ApprovalGranted");
+    assert_eq!(events.last().unwrap()["type"], "RunFinished");
+    let runs = project.host(&["runs", "--json"]);
+    let runs: Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(runs[0]["status"], "finished");
+}
+
+#[test]
+fn denying_the_approval_fails_the_run_with_exit_1() {
+    let project = Project::new(&["approval"]);
+    assert_eq!(project.host(&["run", "approval.wasm", "--run-id", "d"]).status.code(), Some(3));
+    let out = project.host(&["deny", "d", "gate", "--note", "not today"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not today"), "{}", text(&out));
+}
+
+#[test]
+fn signal_parks_with_exit_4_and_signal_finishes_it() {
+    let project = Project::new(&["signal"]);
+    let out = project.host(&["run", "signal.wasm", "--run-id", "s"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("smithers-host signal s go"), "{}", text(&out));
+    let out = project.host(&["signal", "s", "go", "--data", r#"{"answer":42}"#]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn parallel_loop_fibo_and_files_examples_finish() {
+    let project = Project::new(&["parallel", "loop", "fibo", "files"]);
+    for (workflow, input) in [
+        ("parallel.wasm", r#"{"sleepMs":50}"#),
+        ("loop.wasm", "{}"),
+        ("fibo.wasm", r#"{"n":20}"#),
+        ("files.wasm", r#"{"path":"out/data.txt"}"#),
+    ] {
+        let out = project.host(&["run", workflow, "--input", input, "--json"]);
+        assert!(out.status.success(), "{workflow}: {}", text(&out));
+        assert_eq!(ndjson(&out).last().unwrap()["type"], "RunFinished", "{workflow}");
+    }
+    assert!(project.root.path().join("out/data.txt").is_file(), "files wrote under the root");
+}
+
+#[test]
+fn bad_input_and_unknown_runs_are_refused_with_clear_messages() {
+    let project = Project::new(&["hello"]);
+    let out = project.host(&["run", "hello.wasm", "--input", "{not json"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(text(&out).contains("not valid JSON"), "{}", text(&out));
+    let out = project.host(&["run", "missing.wasm"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(text(&out).contains("not found"), "{}", text(&out));
+    let out = project.host(&["approve", "nope", "gate"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(text(&out).contains("not found"), "{}", text(&out));
+}
+
+#[test]
+fn a_guest_crate_directory_is_built_and_run() {
+    // The root is the repository's examples dir; builds share the test guests' target dir.
+    let examples = common::workspace_root().join("examples");
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(common::host_binary())
+        .args(["run", "hello", "--input", r#"{"name":"crate"}"#, "--json"])
+        .current_dir(&examples)
+        .arg("--root-dir")
+        .arg(&examples)
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("SMITHERS_BUILD_DIR", common::guests_dir().parent().unwrap().parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(ndjson(&out).last().unwrap()["type"], "RunFinished");
+    assert!(Path::new(&examples).join("hello/Cargo.toml").is_file());
+}
