@@ -414,7 +414,8 @@ async fn with_deadline<T>(
     }
 }
 
-/// Classifies a trap or host error raised during a call.
+/// Classifies a trap or host error raised during a call. Messages name the
+/// trap and the innermost guest functions, never a full backtrace.
 fn fault_of(error: &wasmtime::Error, store: &Store<HostState>) -> GuestFault {
     if store.data().limiter.hit_memory_limit() {
         return GuestFault::new(
@@ -425,14 +426,44 @@ fn fault_of(error: &wasmtime::Error, store: &Store<HostState>) -> GuestFault {
             ),
         );
     }
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        if *trap == wasmtime::Trap::StackOverflow {
-            return GuestFault::new("GUEST_STACK_OVERFLOW", "the workflow exhausted its call stack");
-        }
-        return GuestFault::new("GUEST_TRAP", format!("the workflow trapped: {trap} ({error:#})"));
+    let frames: Vec<&wasmtime::FrameInfo> = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| bt.frames().iter().collect())
+        .unwrap_or_default();
+    let location = frames
+        .iter()
+        .take(3)
+        .map(|f| f.func_name().unwrap_or("?"))
+        .collect::<Vec<_>>()
+        .join(" <- ");
+    let at = if location.is_empty() {
+        String::new()
+    } else {
+        format!(" in {location}")
+    };
+    let Some(trap) = error.downcast_ref::<wasmtime::Trap>() else {
+        return GuestFault::new("GUEST_TRAP", format!("{error}"));
+    };
+    // Rust guests keep their call stack in linear memory and have no stack
+    // probes: unbounded recursion ends as an out-of-bounds access inside a
+    // run of identical frames rather than as wasm's own stack overflow.
+    let recursing = frames.len() >= RECURSION_FRAMES
+        && frames[..RECURSION_FRAMES]
+            .iter()
+            .all(|f| f.func_index() == frames[0].func_index());
+    if *trap == wasmtime::Trap::StackOverflow
+        || (*trap == wasmtime::Trap::MemoryOutOfBounds && recursing)
+    {
+        return GuestFault::new(
+            "GUEST_STACK_OVERFLOW",
+            format!("the workflow exhausted its stack (unbounded recursion?){at}"),
+        );
     }
-    GuestFault::new("GUEST_TRAP", format!("{error:#}"))
+    GuestFault::new("GUEST_TRAP", format!("the workflow trapped: {trap}{at}"))
 }
+
+/// Identical innermost frames that identify runaway recursion.
+const RECURSION_FRAMES: usize = 8;
 
 fn engine_config(config: &RuntimeConfig, pooling: bool) -> wasmtime::Config {
     let mut wasm = wasmtime::Config::new();
@@ -440,6 +471,7 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> wasmtime::Config {
         .epoch_interruption(true)
         .parallel_compilation(true)
         .max_wasm_stack(1024 * 1024)
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32))
         .async_stack_size(4 * 1024 * 1024);
     if pooling {
         let mut pool = wasmtime::PoolingAllocationConfig::new();
