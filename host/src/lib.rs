@@ -3,6 +3,7 @@
 //!
 //! Crate map (dependencies point downwards):
 //! - [`cli`]: the `smithers-host` command line (thin; parses and delegates).
+//! - [`http`]: server mode, the Smithers-compatible HTTP API.
 //! - [`engine`]: runs workflows durably (render → schedule → run → commit).
 //! - [`runtime`]: wasmtime engine, component cache, host tools, guest builds.
 //! - [`store`]: the SQLite database; the only module with SQL.
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod cli;
 pub mod engine;
+pub mod http;
 pub mod model;
 pub mod runtime;
 pub mod sandbox;

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::AppConfig;
+use crate::app::{App, AppConfig};
+use crate::http::{self, ServerConfig};
 use crate::store::Durability;
 
 /// Exit status of a run that finished.
@@ -37,6 +38,45 @@ pub struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     host: HostArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// Options of server mode (the default command, or `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Interface to listen on. A non-loopback address needs --auth-token
+    /// (or --insecure).
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free port (printed on stdout).
+    #[arg(long, global = true, default_value_t = 7331)]
+    pub port: u16,
+    /// Token clients must send (`Authorization: Bearer <token>` or
+    /// `x-smithers-key`). `/health` never needs it.
+    #[arg(long, global = true, env = "SMITHERS_API_KEY", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, global = true, default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+    /// Allow a non-loopback bind without a token and accept any Host/Origin.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+}
+
+impl ServerArgs {
+    fn server_config(&self) -> ServerConfig {
+        let trust_any_host = std::env::var("SMITHERS_SERVER_TRUST_ANY_HOST")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        ServerConfig {
+            host: self.host.clone(),
+            port: self.port,
+            auth_token: self.auth_token.clone().filter(|t| !t.is_empty()),
+            max_body_bytes: self.max_body_bytes,
+            insecure: self.insecure,
+            trust_any_host,
+        }
+    }
 }
 
 /// Options shared by every command that opens a state dir.
@@ -84,6 +124,8 @@ impl HostArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the HTTP API (the default when no command is given).
+    Serve,
     /// Run a workflow in the foreground until it finishes or parks.
     Run(local::RunArgs),
     /// Continue a parked, failed or interrupted run in the foreground.
@@ -105,7 +147,8 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let server_mode = matches!(cli.command, None | Some(Command::Serve));
+    init_tracing(if server_mode { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -116,10 +159,7 @@ pub fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         let config = cli.host.app_config();
         match cli.command {
-            None => {
-                eprintln!("smithers-host: server mode is not available yet; use `smithers-host run WORKFLOW`");
-                EXIT_USAGE
-            }
+            None | Some(Command::Serve) => serve(config, cli.server.server_config()).await,
             Some(Command::Run(args)) => local::run(config, args).await,
             Some(Command::Resume(args)) => local::resume(config, args).await,
             Some(Command::Approve(args)) => local::decide(config, args, true).await,
@@ -135,13 +175,54 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SMITHERS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Server mode: refuses an unsafe bind before opening anything, then serves
+/// until SIGINT or SIGTERM.
+async fn serve(config: AppConfig, server: ServerConfig) -> u8 {
+    if let Err(e) = server.validate() {
+        eprintln!("smithers-host: {e}");
+        return EXIT_USAGE;
+    }
+    let app = match App::open(config) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("smithers-host: {e}");
+            return EXIT_REFUSED;
+        }
+    };
+    match http::serve(app, server, shutdown_signal()).await {
+        Ok(()) => EXIT_FINISHED,
+        Err(e) => {
+            eprintln!("smithers-host: {e}");
+            EXIT_REFUSED
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
 }

@@ -488,6 +488,20 @@ impl Reader<'_> {
         Ok(rows)
     }
 
+    /// Requested (undecided) approvals of one run: (node id, requested at
+    /// ms), oldest first.
+    pub fn requested_approvals(&self, run_id: &RunId) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT node_id, COALESCE(requested_at_ms, 0) FROM approvals
+             WHERE run_id = ?1 AND status = 'requested'
+             ORDER BY requested_at_ms, node_id, iteration",
+        )?;
+        let rows = stmt
+            .query_map([run_id.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Component hashes a run has used, in first-use order.
     pub fn run_versions(&self, run_id: &RunId) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(

@@ -1,0 +1,101 @@
+//! `GET /v1/runs/:runId/events`: a run's event log as server-sent events.
+//!
+//! History is replayed, then live events are pushed as they are committed
+//! (the engine's `follow`, no polling), each as `event: smithers`, `id: <seq>`,
+//! `data: <event JSON>`, so a standard `Last-Event-ID` reconnect resumes
+//! exactly after the last event seen. The stream ends after the terminal
+//! event, or when the server shuts down. A client that stops reading only
+//! stalls its own stream: `follow` re-reads what it missed from the database.
+
+use std::convert::Infallible;
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use super::ApiState;
+use super::error::ApiError;
+use super::extract::{QueryParams, optional_int};
+use super::runs::path_run_id;
+use crate::engine::events::follow;
+use crate::model::RunId;
+
+/// Interval of `: keep-alive` comments.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Reconnect delay advertised to clients.
+const RETRY: Duration = Duration::from_millis(1000);
+
+/// `GET /v1/runs/:runId/events?afterSeq=N` (or `Last-Event-ID: N`).
+pub async fn stream(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+    query: QueryParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let run_id = path_run_id(&raw)?;
+    let after_seq = resume_point(&headers, &query)?;
+    let id = run_id.clone();
+    let exists = state
+        .engine
+        .store()
+        .read(move |r| r.run(&id))
+        .await?
+        .is_some();
+    if !exists {
+        return Err(ApiError::run_not_found());
+    }
+    Ok(sse_response(&state, run_id, after_seq))
+}
+
+/// Where a stream resumes: `Last-Event-ID` wins over `afterSeq`; -1 = from
+/// the beginning.
+pub fn resume_point(headers: &HeaderMap, query: &QueryParams) -> Result<i64, ApiError> {
+    match headers.get("last-event-id") {
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| ApiError::invalid("Last-Event-ID must be a number"))?;
+            optional_int(Some(text), -1)
+        }
+        None => optional_int(query.get("afterSeq"), -1),
+    }
+}
+
+/// The SSE response for a run known to exist.
+pub fn sse_response(state: &ApiState, run_id: RunId, after_seq: i64) -> Response {
+    let guard = state.metrics.sse_subscriber();
+    let stop = state.shutdown.clone();
+    let events = follow(state.engine.store().clone(), run_id.clone(), after_seq);
+    let body = async_stream::stream! {
+        let _guard = guard;
+        yield Ok::<_, Infallible>(Event::default().retry(RETRY));
+        let mut events = pin!(events);
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = events.next() => next,
+            };
+            match next {
+                Some(Ok(event)) => {
+                    yield Ok(Event::default().event("smithers").id(event.seq.to_string()).data(&event.json));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(run = %run_id, error = %e, "event stream stopped on a storage error");
+                    break;
+                }
+                None => break,
+            }
+        }
+    };
+    let mut response = Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}

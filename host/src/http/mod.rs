@@ -1,0 +1,358 @@
+//! Server mode: the Smithers-compatible HTTP API over the engine.
+//!
+//! This module is the only place that knows status codes, headers and the
+//! wire shapes of requests; it never writes SQL and holds no run state of its
+//! own (runs, events and approvals live in the store, so a restart loses
+//! nothing). Map: [`router`] assembles the routes and layers; `runs`,
+//! `approvals` and `events` hold the handlers; `extract` the body and query
+//! parsing; `auth` the token and Host/Origin checks; `error` the envelope;
+//! `metrics` the Prometheus text; `ops` `/health`, `/metrics` and fallbacks.
+//! [`serve`] binds, recovers interrupted runs and serves until shutdown.
+
+pub mod approvals;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod metrics;
+pub mod ops;
+pub mod runs;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{FromRef, MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use self::auth::AccessPolicy;
+use self::error::ApiError;
+use self::extract::BodyLimits;
+use self::metrics::Metrics;
+use crate::app::App;
+use crate::engine::Engine;
+use crate::sandbox::SandboxStatus;
+
+/// How long a client may take to send the request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the server listens and whom it serves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Interface to bind (`127.0.0.1` by default).
+    pub host: String,
+    /// Port; 0 picks a free one.
+    pub port: u16,
+    /// Token every request but `/health` must present.
+    pub auth_token: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Allow a non-loopback bind without a token, and drop the Host/Origin gate.
+    pub insecure: bool,
+    /// `SMITHERS_SERVER_TRUST_ANY_HOST`: drop the Host/Origin gate only.
+    pub trust_any_host: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 7331,
+            auth_token: None,
+            max_body_bytes: 1024 * 1024,
+            insecure: false,
+            trust_any_host: false,
+        }
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Non-loopback bind without a token and without `--insecure`.
+    #[error(
+        "refusing to listen on {0} without an auth token: anyone who can reach it could run workflows. \
+         Set --auth-token (or SMITHERS_API_KEY), bind 127.0.0.1, or pass --insecure"
+    )]
+    InsecureBind(String),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Requested address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl ServerConfig {
+    /// Refuses an unauthenticated bind beyond loopback unless `insecure`.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        let token = self.auth_token.as_deref().is_some_and(|t| !t.is_empty());
+        if !auth::is_loopback_host(bind_host(&self.host)) && !token && !self.insecure {
+            return Err(ServeError::InsecureBind(self.host.clone()));
+        }
+        Ok(())
+    }
+}
+
+fn bind_host(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The engine (and through it the store).
+    pub engine: Engine,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+    /// Body limits.
+    pub limits: BodyLimits,
+    /// What the bash sandbox enforces, once probed.
+    pub sandbox: Arc<RwLock<Option<SandboxStatus>>>,
+    /// Cancelled at shutdown: ends SSE streams so the drain completes.
+    pub shutdown: CancellationToken,
+}
+
+impl ApiState {
+    /// State for an engine, with fresh metrics.
+    pub fn new(engine: Engine, max_body_bytes: usize) -> Self {
+        Self {
+            engine,
+            metrics: Arc::new(Metrics::default()),
+            limits: BodyLimits {
+                max_bytes: max_body_bytes,
+            },
+            sandbox: Arc::new(RwLock::new(None)),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+impl FromRef<ApiState> for BodyLimits {
+    fn from_ref(state: &ApiState) -> Self {
+        state.limits
+    }
+}
+
+/// A 200 JSON response, fields in declaration order.
+pub fn ok(body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(&e).into_response(),
+    }
+}
+
+/// The server-mode route table (contract §1.3) with its layers.
+pub fn router(state: ApiState, policy: AccessPolicy) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/runs", post(runs::start).get(runs::list))
+        .route("/v1/runs/{run_id}", get(runs::status))
+        .route("/v1/runs/{run_id}/resume", post(runs::resume))
+        .route("/v1/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{run_id}/events", get(events::stream))
+        .route("/v1/runs/{run_id}/frames", get(runs::frames))
+        .route(
+            "/v1/runs/{run_id}/nodes/{node_id}/approve",
+            post(approvals::approve),
+        )
+        .route(
+            "/v1/runs/{run_id}/nodes/{node_id}/deny",
+            post(approvals::deny),
+        )
+        .route("/v1/runs/{run_id}/signals/{name}", post(approvals::signal))
+        .route("/signal/{run_id}/{name}", post(approvals::signal))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approval/list", get(approvals::list))
+        .route("/approval/list", get(approvals::list))
+        .route("/approvals", get(approvals::list))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::not_found)
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(ops::panic_response))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(policy),
+            auth::guard,
+        ))
+        .layer(middleware::from_fn_with_state(metrics, observe))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+}
+
+/// Records the request in the HTTP metrics and logs one line at debug.
+async fn observe(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    metrics.record_http(method.as_str(), &route, status, ms);
+    tracing::debug!(%method, %path, %route, status, ms, "request");
+    response
+}
+
+/// Serves `app` until `shutdown` resolves: binds, resumes runs a previous
+/// process left running, prints `smithers-host listening on http://ADDR` on
+/// stdout, then accepts connections. At shutdown it stops accepting, ends
+/// event streams, drains in-flight requests and closes the app; runs stay
+/// durable and the next start resumes them.
+pub async fn serve(
+    app: App,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let listener = TcpListener::bind((bind_host(&config.host), config.port))
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: format!("{}:{}", config.host, config.port),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: format!("{}:{}", config.host, config.port),
+        source,
+    })?;
+    let state = ApiState::new(app.engine.clone(), config.max_body_bytes);
+    start_background(&state).await;
+    match state.engine.recover().await {
+        Ok(runs) if !runs.is_empty() => {
+            tracing::info!(count = runs.len(), "resumed interrupted runs")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
+    }
+    let policy = AccessPolicy::new(
+        config.auth_token.clone(),
+        config.insecure,
+        config.trust_any_host,
+    );
+    let router = router(state.clone(), policy);
+    announce(addr);
+    accept_until(listener, router, shutdown, &state.shutdown).await;
+    app.close().await;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+fn announce(addr: SocketAddr) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "smithers-host listening on http://{addr}");
+    let _ = stdout.flush();
+    tracing::info!(%addr, "listening");
+}
+
+/// Starts the metrics follower and the sandbox probe.
+async fn start_background(state: &ApiState) {
+    let engine = state.engine.clone();
+    match engine.store().read(|r| r.pending_approvals(u32::MAX)).await {
+        Ok(pending) => state.metrics.set_pending_approvals(pending.len() as i64),
+        Err(e) => tracing::warn!(error = %e, "cannot count pending approvals"),
+    }
+    tokio::spawn(
+        state
+            .metrics
+            .clone()
+            .follow_events(engine.clone(), state.shutdown.clone()),
+    );
+    let slot = state.sandbox.clone();
+    tokio::spawn(async move {
+        let status = crate::sandbox::probe(engine.sandbox_policy()).await;
+        if status.available {
+            tracing::info!("{status}");
+        } else {
+            tracing::warn!("{status}");
+        }
+        *slot.write().expect("sandbox status lock") = Some(status);
+    });
+}
+
+/// Accepts connections until `shutdown`, then ends event streams (`stop`)
+/// and drains the connections (bounded).
+async fn accept_until(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+    stop: &CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    tracing::info!("shutting down: draining connections");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+    }
+}
