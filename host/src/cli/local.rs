@@ -101,6 +101,16 @@ pub struct ListArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// The workflow's new version: a `.wasm` component or a guest crate
+    /// directory, at the path its runs were started from.
+    workflow: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn fail(message: impl std::fmt::Display, code: u8) -> u8 {
     eprintln!("smithers-host: {message}");
     code
@@ -328,6 +338,43 @@ pub async fn runs(config: AppConfig, args: ListArgs) -> u8 {
             EXIT_FINISHED
         }
         Err(e) => fail(e, EXIT_INTERNAL),
+    };
+    app.close().await;
+    code
+}
+
+/// Exit 0 when every live run is compatible with the new version, 1 when
+/// some would diverge.
+pub async fn preflight(config: AppConfig, args: PreflightArgs) -> u8 {
+    let app = match open(config) {
+        Ok(app) => app,
+        Err(code) => return code,
+    };
+    let workflow = match std::path::absolute(&args.workflow) {
+        Ok(path) => path.display().to_string(),
+        Err(e) => return fail(format!("{}: {e}", args.workflow), EXIT_REFUSED),
+    };
+    let code = match app.engine.preflight(&workflow).await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&report).expect("serializable"));
+            } else {
+                println!("{} ({}) new version {}", report.workflow_path, report.workflow_name, report.hash);
+                if report.runs.is_empty() {
+                    println!("  no live runs");
+                }
+                for run in &report.runs {
+                    match &run.reason {
+                        None => println!("  {:<38} {:<17} compatible", run.run_id, run.status.as_str()),
+                        Some(reason) => {
+                            println!("  {:<38} {:<17} divergent: {reason}", run.run_id, run.status.as_str())
+                        }
+                    }
+                }
+            }
+            if report.all_compatible() { EXIT_FINISHED } else { EXIT_FAILED }
+        }
+        Err(e) => fail(e.to_string(), exit_for(&e)),
     };
     app.close().await;
     code

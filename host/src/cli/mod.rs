@@ -106,6 +106,10 @@ pub struct HostArgs {
     /// Default most tasks in flight per run.
     #[arg(long, global = true, default_value_t = 8)]
     pub max_concurrency: u32,
+    /// Cargo target dir for guest crates the host builds (default: in the
+    /// state dir). Sharing one across state dirs avoids rebuilds.
+    #[arg(long, global = true, env = "SMITHERS_BUILD_DIR")]
+    pub build_dir: Option<PathBuf>,
 }
 
 impl HostArgs {
@@ -117,6 +121,7 @@ impl HostArgs {
             durability: self.durability,
             max_memory_mb: self.max_memory_mb,
             max_concurrency: self.max_concurrency,
+            build_dir: self.build_dir.clone(),
             ..AppConfig::new(self.root_dir.clone())
         }
     }
@@ -142,6 +147,9 @@ enum Command {
     Status(local::StatusArgs),
     /// List runs, newest first.
     Runs(local::ListArgs),
+    /// Check whether the current version of a workflow can continue every
+    /// live run started from it (read-only).
+    Preflight(local::PreflightArgs),
 }
 
 /// Entry point of the binary.
@@ -168,6 +176,7 @@ pub fn main() -> ExitCode {
             Some(Command::Cancel(args)) => local::cancel(config, args).await,
             Some(Command::Status(args)) => local::status(config, args).await,
             Some(Command::Runs(args)) => local::runs(config, args).await,
+            Some(Command::Preflight(args)) => local::preflight(config, args).await,
         }
     });
     // Guest calls may still be unwinding on worker threads; don't wait for them.

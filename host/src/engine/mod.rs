@@ -7,6 +7,7 @@
 //! It knows nothing about HTTP.
 
 pub mod events;
+pub mod preflight;
 mod run;
 mod schedule;
 mod state;

@@ -161,6 +161,11 @@ impl Tree {
         Ok(Self { nodes, roots })
     }
 
+    /// The node with this id, if the tree has one.
+    pub fn node(&self, id: &str) -> Option<&TreeNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
     /// The canonical JSON of the tree (Smithers' `xmlJson` element shape),
     /// its task index, and the sha256 of the JSON.
     pub fn frame(&self, workflow_name: &str, iteration_of: impl Fn(usize) -> u32) -> (String, String, String) {

