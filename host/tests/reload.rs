@@ -218,3 +218,86 @@ async fn wait_for(host: &TestHost, run: &smithers_host::model::RunId, status: Ru
     }
     panic!("run never reached {status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watcher_precompiles_a_changed_component_before_it_is_started() {
+    let host = TestHost::new();
+    let _watch = host.app.engine.watch(false).unwrap();
+    std::fs::copy(common::guest("example-hello"), host.root.path().join("fresh.wasm")).unwrap();
+    // Wait for the background compile to land in the cache.
+    for _ in 0..600 {
+        if host.app.engine.runtime().cache_stats().compiles == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let run = host.start("fresh.wasm", json!({})).await;
+    host.settle(&run).await;
+    assert_eq!(loaded_sources(&host.events(&run).await), ["memory"]);
+}
+
+/// Writes a standalone copy of the `hello` example crate into `dir`.
+fn hello_crate(dir: &Path, body: &str) {
+    let sdk = common::workspace_root().join("guest-sdk");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"dev-hello\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n\
+             [dependencies]\nsmithers-sdk = {{ path = {:?} }}\n\n[workspace]\n",
+            sdk.display().to_string()
+        ),
+    )
+    .unwrap();
+    // Pin dependency versions to the repository's so builds reuse artifacts.
+    std::fs::copy(common::workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    std::fs::write(dir.join("src/lib.rs"), body).unwrap();
+}
+
+const HELLO_SOURCE: &str = r#"
+use smithers_sdk::serde_json::json;
+use smithers_sdk::{Ctx, Node, task};
+
+fn build(_ctx: &Ctx) -> Node {
+    task("greet", |_t| Ok(json!({ "greeting": "GREETING" })))
+}
+
+smithers_sdk::workflow!(name: "dev-hello", build: build);
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dev_crate_that_stops_compiling_reports_the_compiler_error_and_the_host_keeps_serving() {
+    let build_dir = common::guests_dir().parent().unwrap().parent().unwrap().to_path_buf();
+    let host = TestHost::with(|c| c.build_dir = Some(build_dir));
+    let krate = host.root.path().join("flow");
+    hello_crate(&krate, &HELLO_SOURCE.replace("GREETING", "v1"));
+    let run = host.start("flow", json!({})).await;
+    host.settle(&run).await;
+    assert_eq!(host.output(&run, "greet", 0).await.unwrap()["greeting"], "v1");
+
+    // Break it: the next start reports the compiler's own message.
+    std::fs::write(krate.join("src/lib.rs"), HELLO_SOURCE.replace("json!({", "json!({ oops ")).unwrap();
+    let err = host
+        .app
+        .engine
+        .start(StartRequest {
+            workflow_path: "flow".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, smithers_host::engine::EngineError::WorkflowBuild(_)), "{message}");
+    assert!(message.contains("error"), "{message}");
+    assert!(message.contains("src/lib.rs"), "the compiler's message names the file: {message}");
+
+    // The host keeps serving other workflows, and the fixed crate again.
+    let wf = host.install("example-hello");
+    let other = host.start(&wf, json!({})).await;
+    assert_eq!(host.settle(&other).await.status, RunStatus::Finished);
+    std::fs::write(krate.join("src/lib.rs"), HELLO_SOURCE.replace("GREETING", "v2")).unwrap();
+    let run = host.start("flow", json!({})).await;
+    host.settle(&run).await;
+    assert_eq!(host.output(&run, "greet", 0).await.unwrap()["greeting"], "v2");
+}

@@ -62,6 +62,13 @@ pub struct ServerArgs {
     /// Allow a non-loopback bind without a token and accept any Host/Origin.
     #[arg(long, global = true)]
     pub insecure: bool,
+    /// Do not watch the root dir for changed `.wasm` files to precompile.
+    #[arg(long, global = true)]
+    pub no_watch: bool,
+    /// Dev mode: also rebuild guest crates this host has built when their
+    /// sources change.
+    #[arg(long, global = true)]
+    pub dev: bool,
 }
 
 impl ServerArgs {
@@ -167,7 +174,7 @@ pub fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         let config = cli.host.app_config();
         match cli.command {
-            None | Some(Command::Serve) => serve(config, cli.server.server_config()).await,
+            None | Some(Command::Serve) => serve(config, &cli.server).await,
             Some(Command::Run(args)) => local::run(config, args).await,
             Some(Command::Resume(args)) => local::resume(config, args).await,
             Some(Command::Approve(args)) => local::decide(config, args, true).await,
@@ -198,7 +205,8 @@ fn init_tracing(default_level: &str) {
 
 /// Server mode: refuses an unsafe bind before opening anything, then serves
 /// until SIGINT or SIGTERM.
-async fn serve(config: AppConfig, server: ServerConfig) -> u8 {
+async fn serve(config: AppConfig, args: &ServerArgs) -> u8 {
+    let server = args.server_config();
     if let Err(e) = server.validate() {
         eprintln!("smithers-host: {e}");
         return EXIT_USAGE;
@@ -209,6 +217,14 @@ async fn serve(config: AppConfig, server: ServerConfig) -> u8 {
             eprintln!("smithers-host: {e}");
             return EXIT_REFUSED;
         }
+    };
+    let _watch = if args.no_watch {
+        None
+    } else {
+        app.engine
+            .watch(args.dev)
+            .map_err(|e| tracing::warn!(error = %e, "cannot watch the root dir; workflows compile on first use"))
+            .ok()
     };
     match http::serve(app, server, shutdown_signal()).await {
         Ok(()) => EXIT_FINISHED,

@@ -13,6 +13,7 @@ mod schedule;
 mod state;
 mod tree;
 pub mod views;
+pub mod watcher;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

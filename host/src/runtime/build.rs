@@ -74,6 +74,21 @@ impl GuestBuilder {
         }
     }
 
+    /// The crate this builder has built whose sources include `path`
+    /// (a `.rs` file or a `Cargo.toml` outside its `target/`).
+    pub fn crate_of(&self, path: &Path) -> Option<PathBuf> {
+        let is_source = path.extension().is_some_and(|e| e == "rs")
+            || path.file_name().is_some_and(|n| n == "Cargo.toml");
+        if !is_source {
+            return None;
+        }
+        let locks = self.locks.lock().expect("build locks");
+        locks
+            .keys()
+            .find(|krate| path.starts_with(krate) && !path.starts_with(krate.join("target")))
+            .cloned()
+    }
+
     /// True when `dir` looks like a crate the builder can build.
     pub fn is_crate_dir(dir: &Path) -> bool {
         dir.is_dir() && dir.join("Cargo.toml").is_file()
