@@ -18,13 +18,13 @@ use tokio::process::Command;
 /// The wasm target guests are built for.
 pub const GUEST_TARGET: &str = "wasm32-wasip2";
 
-/// Release-profile overrides for guest builds: no debug info, stripped, fat
+/// Release-profile overrides for guest builds: no debug info (function names kept for trap messages), fat
 /// LTO, one codegen unit, optimised for size. A guest shrinks from ~3.4 MB to
 /// ~0.15 MB, which is what makes compiling a new version fast. They apply
 /// only to the guest build's own target dir, never to the host's.
 pub const GUEST_PROFILE_ENV: &[(&str, &str)] = &[
     ("CARGO_PROFILE_RELEASE_DEBUG", "false"),
-    ("CARGO_PROFILE_RELEASE_STRIP", "true"),
+    ("CARGO_PROFILE_RELEASE_STRIP", "debuginfo"),
     ("CARGO_PROFILE_RELEASE_LTO", "true"),
     ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1"),
     ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s"),
