@@ -4,10 +4,26 @@
 //! kernel's isolation features (namespaces, Landlock, rlimits). It must never
 //! weaken a wall silently: when the kernel refuses something, the affected tool
 //! fails closed with `SANDBOX_UNAVAILABLE` and a message naming what is missing.
+//!
+//! Map of the bash tool: [`run_bash`] (here) validates and launches through
+//! `bash` (host side: spawn, capture, timeout, cancel, teardown), which
+//! re-executes the host binary as [`launcher`] (namespaces, fork, supervision)
+//! whose namespace init builds the root in `rootfs`, drops privileges in
+//! `confine` and enforces `landlock`; `protocol` is the wire between them and
+//! [`SandboxStatus`] reports what was enforced. `docs/security.md` is the
+//! threat model.
 
+mod bash;
+mod confine;
+mod landlock;
 pub mod launcher;
 pub mod paths;
+mod protocol;
+mod rootfs;
+mod status;
 pub mod wasi;
+
+pub use status::{LandlockWalls, NetworkWall, ResourceLimits, SandboxStatus, SetupStep, Walls};
 
 /// First argument that makes the `smithers-host` binary act as the sandbox
 /// launcher instead of the host.
@@ -16,7 +32,9 @@ pub const LAUNCHER_ARG: &str = "__sandbox-exec";
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+/// The cancellation handle [`run_bash`] takes, re-exported so callers need
+/// not depend on a matching `tokio-util`.
+pub use tokio_util::sync::CancellationToken;
 
 /// Default wall-clock limit of one bash call.
 pub const DEFAULT_BASH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,6 +59,12 @@ pub struct SandboxPolicy {
     /// Executable that implements the hidden `__sandbox-exec` entry point
     /// (normally the `smithers-host` binary itself).
     pub launcher: PathBuf,
+    /// Resource limits of every bash call.
+    pub limits: ResourceLimits,
+    /// Test hook: make the launcher fail at this step as if the kernel had
+    /// refused it. Can only close the sandbox further; `None` in production.
+    #[doc(hidden)]
+    pub fail_at: Option<SetupStep>,
 }
 
 impl SandboxPolicy {
@@ -51,6 +75,8 @@ impl SandboxPolicy {
             allow_network: false,
             allow_missing_landlock: false,
             launcher,
+            limits: ResourceLimits::default(),
+            fail_at: None,
         }
     }
 }
@@ -138,15 +164,67 @@ impl ToolError {
 
 /// Runs `command` with `/bin/bash -c` inside the kernel sandbox.
 ///
-/// Until the confined implementation lands this refuses every call: a shell
-/// that is not confined is never started.
+/// The shell runs in new user, mount, pid, ipc, uts, cgroup and (unless
+/// `allow_network`) network namespaces, in a fresh root holding only the
+/// system dirs (read-only), a minimal `/etc` and `/dev`, a private `/tmp` and
+/// the root dir (read-write), under Landlock, `no_new_privs`, no capabilities
+/// and rlimits, with an empty environment except `PATH`, `HOME` (the root dir),
+/// `LANG` and `request.env`, and `/dev/null` as stdin. When the call returns
+/// — by exit, timeout, cancel, or the future being dropped — every process it
+/// started is gone (dropping the future starts the teardown; it completes
+/// within milliseconds).
+///
+/// A kernel that refuses any wall yields `SANDBOX_UNAVAILABLE` naming the
+/// step; the command never runs unconfined.
 pub async fn run_bash(
-    _policy: &SandboxPolicy,
-    _request: BashRequest,
-    _cancel: CancellationToken,
+    policy: &SandboxPolicy,
+    request: BashRequest,
+    cancel: CancellationToken,
 ) -> Result<BashOutcome, ToolError> {
-    Err(ToolError::new(
-        ToolErrorCode::SandboxUnavailable,
-        "the confined bash tool is not available in this build",
-    ))
+    let prepared = bash::prepare(policy, request)?;
+    let finished = bash::launch(policy, prepared, cancel).await?;
+    tracing::debug!(
+        exit_code = finished.outcome.exit_code,
+        duration_ms = finished.outcome.duration_ms,
+        truncated = finished.outcome.truncated,
+        "confined bash call finished"
+    );
+    Ok(finished.outcome)
+}
+
+/// Measures what the bash tool enforces on this host by running a confined
+/// `true` through the launcher: the walls in the result are the ones the
+/// launcher reported after building them. Log it at start and show it in
+/// `/health`; an unavailable status means every bash call will fail closed.
+pub async fn probe(policy: &SandboxPolicy) -> SandboxStatus {
+    let request = BashRequest {
+        command: "true".into(),
+        timeout_ms: Some(10_000),
+        ..BashRequest::default()
+    };
+    let result = match bash::prepare(policy, request) {
+        Ok(prepared) => bash::launch(policy, prepared, CancellationToken::new()).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(finished) if finished.outcome.exit_code == 0 => SandboxStatus {
+            available: true,
+            error: None,
+            walls: Some(finished.walls),
+        },
+        Ok(finished) => SandboxStatus {
+            available: false,
+            error: Some(format!(
+                "a confined `true` exited with {}: {}",
+                finished.outcome.exit_code,
+                finished.outcome.stderr.trim()
+            )),
+            walls: Some(finished.walls),
+        },
+        Err(e) => SandboxStatus {
+            available: false,
+            error: Some(e.to_string()),
+            walls: None,
+        },
+    }
 }

@@ -258,7 +258,10 @@ impl fmt::Display for SandboxStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(walls) = self.walls.as_ref().filter(|_| self.available) else {
             let why = self.error.as_deref().unwrap_or("unknown reason");
-            return write!(f, "bash sandbox UNAVAILABLE (bash calls fail closed): {why}");
+            return write!(
+                f,
+                "bash sandbox UNAVAILABLE (bash calls fail closed): {why}"
+            );
         };
         write!(
             f,
