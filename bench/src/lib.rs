@@ -9,7 +9,10 @@ use smithers_host::runtime::build::GuestBuilder;
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Builds `examples/<name>` for wasm32-wasip2 (shared target dir) and returns

@@ -3,8 +3,6 @@
 //! render that reads nothing decodes nothing. Decoding never panics: a value of the wrong
 //! shape is a [`TaskError`].
 
-use std::collections::{BTreeMap, HashMap};
-
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -21,9 +19,10 @@ pub struct Ctx {
     run_id: String,
     /// JSON text of the run input.
     input: String,
-    /// JSON text of each output, by node id, then iteration.
-    outputs: HashMap<String, BTreeMap<u32, String>>,
-    loops: HashMap<String, u32>,
+    /// JSON text of each output, sorted by node id, then iteration (the
+    /// host sends them sorted, so no map is built on every call).
+    outputs: Vec<(String, u32, String)>,
+    loops: Vec<(String, u32)>,
     auth: Option<Value>,
 }
 
@@ -47,17 +46,22 @@ impl Ctx {
     /// Adds a committed output of `node` at `iteration` (0 outside loops).
     #[must_use]
     pub fn with_output(mut self, node: impl Into<String>, iteration: u32, value: Value) -> Self {
-        self.outputs
-            .entry(node.into())
-            .or_default()
-            .insert(iteration, value.to_string());
+        let node = node.into();
+        match self.position(&node, iteration) {
+            Ok(at) => self.outputs[at].2 = value.to_string(),
+            Err(at) => self
+                .outputs
+                .insert(at, (node, iteration, value.to_string())),
+        }
         self
     }
 
     /// Sets the current iteration of a loop.
     #[must_use]
     pub fn with_loop_iteration(mut self, loop_id: impl Into<String>, iteration: u32) -> Self {
-        self.loops.insert(loop_id.into(), iteration);
+        let loop_id = loop_id.into();
+        self.loops.retain(|(id, _)| *id != loop_id);
+        self.loops.push((loop_id, iteration));
         self
     }
 
@@ -76,14 +80,14 @@ impl Ctx {
         loops: impl IntoIterator<Item = (String, u32)>,
         auth: Option<String>,
     ) -> Self {
-        let mut by_node: HashMap<String, BTreeMap<u32, String>> = HashMap::new();
-        for (node, iteration, value) in outputs {
-            by_node.entry(node).or_default().insert(iteration, value);
+        let mut outputs: Vec<(String, u32, String)> = outputs.into_iter().collect();
+        if !outputs.is_sorted_by(|a, b| (&a.0, a.1) <= (&b.0, b.1)) {
+            outputs.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         }
         Ctx {
             run_id,
             input,
-            outputs: by_node,
+            outputs,
             loops: loops.into_iter().collect(),
             // The host only sends JSON; anything else reads as "unknown".
             auth: auth.and_then(|text| serde_json::from_str(&text).ok()),
@@ -119,12 +123,10 @@ impl Ctx {
     ///
     /// `MISSING_OUTPUT` if there is none, `INVALID_OUTPUT` if it does not decode.
     pub fn output<T: DeserializeOwned>(&self, node: &str, iteration: u32) -> Result<T, TaskError> {
-        let text = self
-            .outputs
-            .get(node)
-            .and_then(|by_iteration| by_iteration.get(&iteration))
-            .ok_or_else(|| TaskError::missing_output(node, Some(iteration)))?;
-        decode_output(node, iteration, text)
+        let at = self
+            .position(node, iteration)
+            .map_err(|_| TaskError::missing_output(node, Some(iteration)))?;
+        decode_output(node, iteration, &self.outputs[at].2)
     }
 
     /// The output of `node` at its highest iteration, decoded as `T`.
@@ -132,24 +134,33 @@ impl Ctx {
     /// `MISSING_OUTPUT` if `node` has no output at all, `INVALID_OUTPUT` if it does not
     /// decode.
     pub fn latest<T: DeserializeOwned>(&self, node: &str) -> Result<T, TaskError> {
-        let (iteration, text) = self
+        // The entry just before the first one of the next node id.
+        let end = self
             .outputs
-            .get(node)
-            .and_then(|by_iteration| by_iteration.last_key_value())
-            .ok_or_else(|| TaskError::missing_output(node, None))?;
-        decode_output(node, *iteration, text)
+            .partition_point(|(id, _, _)| id.as_str() <= node);
+        match end.checked_sub(1).map(|last| &self.outputs[last]) {
+            Some((id, iteration, text)) if id == node => decode_output(node, *iteration, text),
+            _ => Err(TaskError::missing_output(node, None)),
+        }
     }
 
     /// Whether `node` has a committed output at `iteration` (0 outside loops).
     pub fn has_output(&self, node: &str, iteration: u32) -> bool {
+        self.position(node, iteration).is_ok()
+    }
+
+    /// Where `(node, iteration)` is, or would be inserted, in `outputs`.
+    fn position(&self, node: &str, iteration: u32) -> Result<usize, usize> {
         self.outputs
-            .get(node)
-            .is_some_and(|by_iteration| by_iteration.contains_key(&iteration))
+            .binary_search_by(|(id, it, _)| (id.as_str(), *it).cmp(&(node, iteration)))
     }
 
     /// The current iteration of the loop `loop_id` (0 before it starts).
     pub fn iteration(&self, loop_id: &str) -> u32 {
-        self.loops.get(loop_id).copied().unwrap_or(0)
+        self.loops
+            .iter()
+            .find(|(id, _)| id == loop_id)
+            .map_or(0, |(_, iteration)| *iteration)
     }
 
     /// Who started the run (`{"triggeredBy","role","scopes"}`), when the host knows.

@@ -51,9 +51,18 @@ impl Node {
         let mut flat = Flattener {
             ctx,
             nodes: Vec::new(),
-            seen: HashSet::new(),
+            path: String::from("0"),
         };
-        flat.visit(self, None, "0", None)?;
+        flat.visit(self, None, None)?;
+        // Checked once at the end with borrowed ids: render runs on every
+        // step, and cloning every id into a set adds up.
+        let mut seen = HashSet::with_capacity(flat.nodes.len());
+        if let Some(dup) = flat.nodes.iter().find(|n| !seen.insert(n.id.as_str())) {
+            return Err(format!(
+                "duplicate node id `{}`: every node needs a unique id",
+                dup.id
+            ));
+        }
         Ok(flat.nodes)
     }
 
@@ -89,23 +98,24 @@ impl Node {
 struct Flattener<'c> {
     ctx: &'c Ctx,
     nodes: Vec<FlatNode>,
-    seen: HashSet<String>,
+    /// Position of the node being visited (`0`, `0.1`, ...), used to name
+    /// containers; one buffer extended and truncated along the walk.
+    path: String,
 }
 
 impl Flattener<'_> {
-    /// Appends `node` and its descendants. `path` is its position (`0`, `0.1`, ...), used to
-    /// name containers; `in_loop` the id of the enclosing loop, if any.
+    /// Appends `node` and its descendants. `in_loop` is the index (in
+    /// `nodes`) of the enclosing loop, if any.
     fn visit(
         &mut self,
         node: &Node,
         parent: Option<u32>,
-        path: &str,
-        in_loop: Option<&str>,
+        in_loop: Option<usize>,
     ) -> Result<(), String> {
         let id = match (&node.id, &node.kind) {
             (Some(id), _) => id.clone(),
-            (None, Kind::Sequence(_)) => format!("$seq:{path}"),
-            (None, Kind::Parallel { .. }) => format!("$par:{path}"),
+            (None, Kind::Sequence(_)) => format!("$seq:{}", self.path),
+            (None, Kind::Parallel { .. }) => format!("$par:{}", self.path),
             // Only containers are built without an id.
             (None, kind) => return Err(format!("{} has no id", kind.described())),
         };
@@ -123,14 +133,9 @@ impl Flattener<'_> {
                 "node id `{id}`: ids starting with `$` are reserved for generated ids"
             ));
         }
-        if !self.seen.insert(id.clone()) {
-            return Err(format!(
-                "duplicate node id `{id}`: every node needs a unique id"
-            ));
-        }
 
-        let index =
-            u32::try_from(self.nodes.len()).map_err(|_| "the tree is too large".to_owned())?;
+        let index = self.nodes.len();
+        let wire_index = u32::try_from(index).map_err(|_| "the tree is too large".to_owned())?;
         let (kind, children): (FlatKind, &[Node]) = match &node.kind {
             Kind::Task { options, .. } => (FlatKind::Task(options.clone()), &[]),
             Kind::Approval(options) => (FlatKind::Approval(options.clone()), &[]),
@@ -148,8 +153,9 @@ impl Flattener<'_> {
             } => {
                 if let Some(outer) = in_loop {
                     return Err(format!(
-                        "loop `{id}` is inside loop `{outer}`: nested loops are not supported in \
-                         this version of smithers"
+                        "loop `{id}` is inside loop `{}`: nested loops are not supported in \
+                         this version of smithers",
+                        self.nodes[outer].id
                     ));
                 }
                 if *max_iterations == 0 {
@@ -165,18 +171,18 @@ impl Flattener<'_> {
                 (FlatKind::Loop(options), std::slice::from_ref(&**body))
             }
         };
-        self.nodes.push(FlatNode {
-            id: id.clone(),
-            parent,
-            kind,
-        });
+        self.nodes.push(FlatNode { id, parent, kind });
 
         let in_loop = match node.kind {
-            Kind::Loop { .. } => Some(id.as_str()),
+            Kind::Loop { .. } => Some(index),
             _ => in_loop,
         };
+        let path_len = self.path.len();
         for (position, child) in children.iter().enumerate() {
-            self.visit(child, Some(index), &format!("{path}.{position}"), in_loop)?;
+            use std::fmt::Write;
+            let _ = write!(self.path, ".{position}");
+            self.visit(child, Some(wire_index), in_loop)?;
+            self.path.truncate(path_len);
         }
         Ok(())
     }

@@ -90,10 +90,11 @@ impl App {
     /// Opens the state dir, database, runtime and engine. Must run inside a
     /// tokio runtime.
     pub fn open(mut config: AppConfig) -> Result<Self, AppError> {
-        let root_dir = std::fs::canonicalize(&config.root_dir).map_err(|source| AppError::RootDir {
-            path: config.root_dir.display().to_string(),
-            source,
-        })?;
+        let root_dir =
+            std::fs::canonicalize(&config.root_dir).map_err(|source| AppError::RootDir {
+                path: config.root_dir.display().to_string(),
+                source,
+            })?;
         if !root_dir.is_dir() {
             return Err(AppError::RootDir {
                 path: root_dir.display().to_string(),
@@ -127,7 +128,10 @@ impl App {
             EngineConfig {
                 root_dir,
                 sandbox: Arc::new(policy),
-                build_dir: config.build_dir.clone().unwrap_or_else(|| state_dir.build_dir()),
+                build_dir: config
+                    .build_dir
+                    .clone()
+                    .unwrap_or_else(|| state_dir.build_dir()),
                 max_concurrency: config.max_concurrency.max(1),
             },
         );

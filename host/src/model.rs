@@ -5,6 +5,7 @@
 //! here is a protocol change.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -80,17 +81,20 @@ impl fmt::Display for ComponentHash {
 }
 
 /// Key of a node's state and output within a run: node id and loop iteration.
+///
+/// The id is shared (`Arc<str>`): the scheduler builds keys for every node it
+/// visits on every step, and cloning a key must not allocate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeKey {
     /// Node id as rendered by the workflow.
-    pub node_id: String,
+    pub node_id: Arc<str>,
     /// Iteration of the enclosing loop (0 outside loops).
     pub iteration: u32,
 }
 
 impl NodeKey {
     /// Builds a key.
-    pub fn new(node_id: impl Into<String>, iteration: u32) -> Self {
+    pub fn new(node_id: impl Into<Arc<str>>, iteration: u32) -> Self {
         Self {
             node_id: node_id.into(),
             iteration,
@@ -307,7 +311,7 @@ pub enum EventBody {
     FrameCommitted {
         /// Frame number, from 1, continuing across resumes.
         frame_no: u64,
-        /// sha256 of the frame's canonical tree JSON.
+        /// sha256 of the frame's canonical tree JSON and task index.
         xml_hash: String,
         /// What caused the render.
         trigger: Value,
@@ -560,9 +564,22 @@ pub struct Event {
 }
 
 impl Event {
-    /// The wire JSON: `{"type", ...fields, "runId", "seq", "timestampMs"}`.
+    /// The wire JSON: `{"runId", "seq", "timestampMs", "type", ...fields}`.
+    ///
+    /// Equivalent to serializing the struct, but splices the three envelope
+    /// fields in front of the body's own object instead of going through
+    /// serde's (buffering) `flatten`: every commit serializes its events.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("events always serialize")
+        let body = serde_json::to_string(&self.body).expect("events always serialize");
+        let run_id = serde_json::to_string(&self.run_id).expect("strings serialize");
+        // An internally tagged enum always serializes to an object with at
+        // least `type`, so the body is `{"type":...}`.
+        format!(
+            "{{\"runId\":{run_id},\"seq\":{},\"timestampMs\":{},{}",
+            self.seq,
+            self.timestamp_ms,
+            &body[1..]
+        )
     }
 }
 

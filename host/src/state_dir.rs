@@ -74,7 +74,9 @@ impl StateDir {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "root".into());
         let digest = hex::encode(Sha1::digest(root_dir.as_os_str().as_encoded_bytes()));
-        Ok(base.join("smithers-host").join(format!("{name}-{}", &digest[..12])))
+        Ok(base
+            .join("smithers-host")
+            .join(format!("{name}-{}", &digest[..12])))
     }
 
     /// Creates (0700) and locks `path`, refusing a location inside `root_dir`.
@@ -91,7 +93,8 @@ impl StateDir {
                 root: root_dir.display().to_string(),
             });
         }
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&path))?;
         let lock_path = path.join("lock");
         let mut lock = OpenOptions::new()
             .read(true)
@@ -163,7 +166,10 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let first = StateDir::open(outside.path(), &root_path).unwrap();
         let second = StateDir::open(outside.path(), &root_path);
-        assert!(matches!(second, Err(StateDirError::Locked { .. })), "{second:?}");
+        assert!(
+            matches!(second, Err(StateDirError::Locked { .. })),
+            "{second:?}"
+        );
         drop(first);
         assert!(StateDir::open(outside.path(), &root_path).is_ok());
     }

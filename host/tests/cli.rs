@@ -69,13 +69,25 @@ fn node_output(events: &[Value], node: &str) -> Option<Value> {
 #[test]
 fn hello_greets_its_input_and_exits_zero() {
     let project = Project::new(&["hello"]);
-    let out = project.host(&["run", "hello.wasm", "--input", r#"{"name":"Ada"}"#, "--json", "--run-id", "h1"]);
+    let out = project.host(&[
+        "run",
+        "hello.wasm",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--json",
+        "--run-id",
+        "h1",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let events = ndjson(&out);
     assert_eq!(events.first().unwrap()["type"], "RunStarted");
     assert_eq!(events.last().unwrap()["type"], "RunFinished");
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "gap-free seqs from 0");
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "gap-free seqs from 0"
+    );
     assert!(node_output(&events, "greet").is_some());
     let status = project.host(&["status", "h1", "--json"]);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -96,8 +108,16 @@ fn approval_parks_with_exit_3_and_the_printed_command_finishes_it() {
         .unwrap_or_else(|| panic!("no approve command in:\n{printed}"))
         .to_string();
     // Run exactly the printed command (minus the program name).
-    let args: Vec<String> = approve_line.split_whitespace().skip(1).map(String::from).collect();
-    let out = Command::new(common::host_binary()).args(&args).arg("--json").output().unwrap();
+    let args: Vec<String> = approve_line
+        .split_whitespace()
+        .skip(1)
+        .map(String::from)
+        .collect();
+    let out = Command::new(common::host_binary())
+        .args(&args)
+        .arg("--json")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let events = ndjson(&out);
     assert_eq!(events.first().unwrap()["type"], "ApprovalGranted");
@@ -110,7 +130,13 @@ fn approval_parks_with_exit_3_and_the_printed_command_finishes_it() {
 #[test]
 fn denying_the_approval_fails_the_run_with_exit_1() {
     let project = Project::new(&["approval"]);
-    assert_eq!(project.host(&["run", "approval.wasm", "--run-id", "d"]).status.code(), Some(3));
+    assert_eq!(
+        project
+            .host(&["run", "approval.wasm", "--run-id", "d"])
+            .status
+            .code(),
+        Some(3)
+    );
     let out = project.host(&["deny", "d", "gate", "--note", "not today"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("not today"), "{}", text(&out));
@@ -121,7 +147,11 @@ fn signal_parks_with_exit_4_and_signal_finishes_it() {
     let project = Project::new(&["signal"]);
     let out = project.host(&["run", "signal.wasm", "--run-id", "s"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("smithers-host signal s go"), "{}", text(&out));
+    assert!(
+        text(&out).contains("smithers-host signal s go"),
+        "{}",
+        text(&out)
+    );
     let out = project.host(&["signal", "s", "go", "--data", r#"{"answer":42}"#]);
     assert!(out.status.success(), "{}", text(&out));
 }
@@ -137,9 +167,16 @@ fn parallel_loop_fibo_and_files_examples_finish() {
     ] {
         let out = project.host(&["run", workflow, "--input", input, "--json"]);
         assert!(out.status.success(), "{workflow}: {}", text(&out));
-        assert_eq!(ndjson(&out).last().unwrap()["type"], "RunFinished", "{workflow}");
+        assert_eq!(
+            ndjson(&out).last().unwrap()["type"],
+            "RunFinished",
+            "{workflow}"
+        );
     }
-    assert!(project.root.path().join("out/data.txt").is_file(), "files wrote under the root");
+    assert!(
+        project.root.path().join("out/data.txt").is_file(),
+        "files wrote under the root"
+    );
 }
 
 #[test]
@@ -168,7 +205,10 @@ fn a_guest_crate_directory_is_built_and_run() {
         .arg(&examples)
         .arg("--state-dir")
         .arg(state.path())
-        .env("SMITHERS_BUILD_DIR", common::guests_dir().parent().unwrap().parent().unwrap())
+        .env(
+            "SMITHERS_BUILD_DIR",
+            common::guests_dir().parent().unwrap().parent().unwrap(),
+        )
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -47,7 +47,11 @@ fn spawn(root: &std::path::Path, state: &std::path::Path, args: &[&str]) -> Chil
 fn sigkill_at_random_points_loses_nothing_and_repeats_no_committed_task() {
     let root = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    std::fs::copy(common::guest("fixture-scripted"), root.path().join("scripted.wasm")).unwrap();
+    std::fs::copy(
+        common::guest("fixture-scripted"),
+        root.path().join("scripted.wasm"),
+    )
+    .unwrap();
     // Each step appends "<id> <attempt>" to lines.txt (its side-effect
     // marker), then works for a while so kills land mid-task too.
     let steps: Vec<Value> = (0..STEPS)
@@ -60,21 +64,41 @@ fn sigkill_at_random_points_loses_nothing_and_repeats_no_committed_task() {
         })
         .collect();
     let input = json!({ "root": { "sequence": steps } }).to_string();
-    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     println!("kill schedule seed: {seed}");
     let mut rng = Rng(seed);
 
     // Compile the component once so that restarts load it from the disk
     // cache and the kills land in the run, not in the compiler.
-    let warm = spawn(root.path(), state.path(), &["run", "scripted.wasm", "--input", r#"{"root":{"task":{"id":"warm"}}}"#])
-        .wait_with_output()
-        .unwrap();
+    let warm = spawn(
+        root.path(),
+        state.path(),
+        &[
+            "run",
+            "scripted.wasm",
+            "--input",
+            r#"{"root":{"task":{"id":"warm"}}}"#,
+        ],
+    )
+    .wait_with_output()
+    .unwrap();
     assert!(warm.status.success());
 
     let mut child = spawn(
         root.path(),
         state.path(),
-        &["run", "scripted.wasm", "--run-id", "crash", "--input", &input],
+        &[
+            "run",
+            "scripted.wasm",
+            "--run-id",
+            "crash",
+            "--input",
+            &input,
+        ],
     );
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -106,12 +130,22 @@ fn sigkill_at_random_points_loses_nothing_and_repeats_no_committed_task() {
                 spawn(
                     root.path(),
                     state.path(),
-                    &["run", "scripted.wasm", "--run-id", "crash", "--input", &input],
+                    &[
+                        "run",
+                        "scripted.wasm",
+                        "--run-id",
+                        "crash",
+                        "--input",
+                        &input,
+                    ],
                 )
             };
         }
     }
-    assert!(kills >= 20, "only {kills} kills happened before the run finished; slow the steps down");
+    assert!(
+        kills >= 20,
+        "only {kills} kills happened before the run finished; slow the steps down"
+    );
 
     // Inspect the database the killed hosts left behind.
     let store = Store::open(&state.path().join("smithers.db"), Durability::Normal).unwrap();
@@ -131,20 +165,34 @@ fn sigkill_at_random_points_loses_nothing_and_repeats_no_committed_task() {
 
     // Every step finished exactly once, and its committed output is the
     // output of the attempt that finished.
-    let events: Vec<Value> = events.iter().map(|e| serde_json::from_str(&e.json).unwrap()).collect();
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(&e.json).unwrap())
+        .collect();
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "event seqs gap-free");
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "event seqs gap-free"
+    );
     let mut finished: BTreeMap<String, u64> = BTreeMap::new();
     for e in events.iter().filter(|e| e["type"] == "NodeFinished") {
-        let previous = finished.insert(e["nodeId"].as_str().unwrap().to_string(), e["attempt"].as_u64().unwrap());
+        let previous = finished.insert(
+            e["nodeId"].as_str().unwrap().to_string(),
+            e["attempt"].as_u64().unwrap(),
+        );
         assert!(previous.is_none(), "{} finished twice", e["nodeId"]);
     }
     assert_eq!(finished.len(), STEPS);
     for node in &nodes {
-        let attempt = finished[&node.key.node_id];
+        let attempt = finished[&*node.key.node_id];
         let output: Value = serde_json::from_str(node.output_json.as_deref().unwrap()).unwrap();
-        assert_eq!(output["node"], node.key.node_id.as_str());
-        assert_eq!(output["attempt"], attempt, "output of {} is the finishing attempt's", node.key.node_id);
+        assert_eq!(output["node"], &*node.key.node_id);
+        assert_eq!(
+            output["attempt"], attempt,
+            "output of {} is the finishing attempt's",
+            node.key.node_id
+        );
     }
 
     // Side effects: each step's line appears once per attempt that ran; a
@@ -154,21 +202,40 @@ fn sigkill_at_random_points_loses_nothing_and_repeats_no_committed_task() {
     let mut written: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for line in lines.lines() {
         let (id, attempt) = line.rsplit_once(' ').expect("line with attempt");
-        written.entry(id.to_string()).or_default().push(attempt.parse().unwrap());
+        written
+            .entry(id.to_string())
+            .or_default()
+            .push(attempt.parse().unwrap());
     }
     let mut repeated = 0;
     for (id, attempts) in &written {
         let distinct: BTreeSet<u64> = attempts.iter().copied().collect();
-        assert_eq!(distinct.len(), attempts.len(), "{id} wrote the same attempt twice: {attempts:?}");
+        assert_eq!(
+            distinct.len(),
+            attempts.len(),
+            "{id} wrote the same attempt twice: {attempts:?}"
+        );
         let committed = finished[id];
         assert_eq!(attempts.iter().filter(|a| **a == committed).count(), 1);
-        assert!(attempts.iter().all(|a| *a <= committed), "{id} ran after it committed: {attempts:?}");
+        assert!(
+            attempts.iter().all(|a| *a <= committed),
+            "{id} ran after it committed: {attempts:?}"
+        );
         repeated += attempts.len() - 1;
     }
     assert_eq!(written.len(), STEPS);
-    assert!(repeated <= kills, "{repeated} repeated attempts for {kills} kills");
-    let resumes = events.iter().filter(|e| e["type"] == "RunStarted" && e["resumed"] == true).count();
-    assert!(resumes * 2 >= kills, "only {resumes} of {kills} kills interrupted the run");
+    assert!(
+        repeated <= kills,
+        "{repeated} repeated attempts for {kills} kills"
+    );
+    let resumes = events
+        .iter()
+        .filter(|e| e["type"] == "RunStarted" && e["resumed"] == true)
+        .count();
+    assert!(
+        resumes * 2 >= kills,
+        "only {resumes} of {kills} kills interrupted the run"
+    );
     println!(
         "{kills} kills, {resumes} resumes, {repeated} interrupted attempts repeated, {} events",
         events.len()

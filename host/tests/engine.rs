@@ -13,7 +13,9 @@ use smithers_host::model::RunStatus;
 
 fn task(id: &str, extra: Value) -> Value {
     let mut spec = json!({ "id": id });
-    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     json!({ "task": spec })
 }
 
@@ -36,12 +38,18 @@ async fn retries_then_success_records_every_attempt() {
     assert_eq!(row.status, RunStatus::Finished);
     let events = host.events(&run).await;
     assert_eq!(of_type(&events, "NodeFailed").len(), 2);
-    let retrying: Vec<u64> = of_type(&events, "NodeRetrying").iter().map(|e| e["attempt"].as_u64().unwrap()).collect();
+    let retrying: Vec<u64> = of_type(&events, "NodeRetrying")
+        .iter()
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
     assert_eq!(retrying, [2, 3]);
     let finished = of_type(&events, "NodeFinished");
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0]["attempt"], 3);
-    assert_eq!(of_type(&events, "NodeFailed")[0]["error"]["message"], "planned failure on attempt 1");
+    assert_eq!(
+        of_type(&events, "NodeFailed")[0]["error"]["message"],
+        "planned failure on attempt 1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,7 +57,16 @@ async fn exhausted_retries_fail_the_run_with_the_task_message() {
     let host = TestHost::new();
     let wf = host.install("fixture-scripted");
     let run = host
-        .start(&wf, script(seq(vec![task("doomed", json!({ "fail": "disk on fire", "retries": 1, "initialDelayMs": 10 })), task("never", json!({}))])))
+        .start(
+            &wf,
+            script(seq(vec![
+                task(
+                    "doomed",
+                    json!({ "fail": "disk on fire", "retries": 1, "initialDelayMs": 10 }),
+                ),
+                task("never", json!({})),
+            ])),
+        )
         .await;
     let row = host.settle(&run).await;
     assert_eq!(row.status, RunStatus::Failed);
@@ -60,7 +77,11 @@ async fn exhausted_retries_fail_the_run_with_the_task_message() {
     let message = failed[0]["error"]["message"].as_str().unwrap();
     assert!(message.contains("disk on fire"), "{message}");
     assert!(message.contains("doomed"), "{message}");
-    assert!(of_type(&events, "NodeStarted").iter().all(|e| e["nodeId"] != "never"));
+    assert!(
+        of_type(&events, "NodeStarted")
+            .iter()
+            .all(|e| e["nodeId"] != "never")
+    );
     assert_eq!(types(&events).last(), Some(&"RunFailed"));
 }
 
@@ -69,7 +90,13 @@ async fn not_retryable_errors_skip_remaining_retries() {
     let host = TestHost::new();
     let wf = host.install("fixture-scripted");
     let run = host
-        .start(&wf, script(task("a", json!({ "fail": "bad input", "notRetryable": true, "retries": 5 }))))
+        .start(
+            &wf,
+            script(task(
+                "a",
+                json!({ "fail": "bad input", "notRetryable": true, "retries": 5 }),
+            )),
+        )
         .await;
     assert_eq!(host.settle(&run).await.status, RunStatus::Failed);
     assert_eq!(of_type(&host.events(&run).await, "NodeStarted").len(), 1);
@@ -82,7 +109,10 @@ async fn continue_on_fail_finishes_the_run_and_reports_failed_children() {
     let run = host
         .start(
             &wf,
-            script(seq(vec![task("optional", json!({ "fail": "meh", "continueOnFail": true })), task("after", json!({}))])),
+            script(seq(vec![
+                task("optional", json!({ "fail": "meh", "continueOnFail": true })),
+                task("after", json!({})),
+            ])),
         )
         .await;
     assert_eq!(host.settle(&run).await.status, RunStatus::Finished);
@@ -101,7 +131,10 @@ async fn a_busy_loop_times_out_and_fails_only_its_own_task() {
         .start(
             &wf,
             script(seq(vec![
-                task("spinner", json!({ "spin": true, "timeoutMs": 300, "continueOnFail": true })),
+                task(
+                    "spinner",
+                    json!({ "spin": true, "timeoutMs": 300, "continueOnFail": true }),
+                ),
                 task("after", json!({})),
             ])),
         )
@@ -122,14 +155,24 @@ async fn cancel_stops_a_running_task_promptly() {
     let host = TestHost::new();
     let wf = host.install("fixture-scripted");
     let run = host
-        .start(&wf, script(seq(vec![task("slow", json!({ "spin": true })), task("never", json!({}))])))
+        .start(
+            &wf,
+            script(seq(vec![
+                task("slow", json!({ "spin": true })),
+                task("never", json!({})),
+            ])),
+        )
         .await;
     wait_for_event(&host, &run, "NodeStarted").await;
     let started = std::time::Instant::now();
     let outcome = host.app.engine.cancel(&run).await.unwrap();
     assert!(outcome.won);
     let row = host.settle(&run).await;
-    assert!(started.elapsed() < Duration::from_secs(5), "cancel took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        started.elapsed()
+    );
     assert_eq!(row.status, RunStatus::Cancelled);
     let events = host.events(&run).await;
     let cancelled = of_type(&events, "NodeCancelled");
@@ -139,7 +182,10 @@ async fn cancel_stops_a_running_task_promptly() {
     assert!(!host.app.engine.cancel(&run).await.unwrap().won);
     let done = host.start(&wf, script(task("x", json!({})))).await;
     host.settle(&done).await;
-    assert!(matches!(host.app.engine.cancel(&done).await, Err(EngineError::RunNotActive(..))));
+    assert!(matches!(
+        host.app.engine.cancel(&done).await,
+        Err(EngineError::RunNotActive(..))
+    ));
 }
 
 fn refine(max: u32, on_max: &str, done_at: u32) -> Value {
@@ -159,7 +205,10 @@ async fn loops_stop_when_until_holds() {
     let run = host.start(&wf, refine(5, "fail", 2)).await;
     assert_eq!(host.settle(&run).await.status, RunStatus::Finished);
     let events = host.events(&run).await;
-    let iterations: Vec<u64> = of_type(&events, "NodeFinished").iter().map(|e| e["iteration"].as_u64().unwrap()).collect();
+    let iterations: Vec<u64> = of_type(&events, "NodeFinished")
+        .iter()
+        .map(|e| e["iteration"].as_u64().unwrap())
+        .collect();
     assert_eq!(iterations, [0, 1, 2]);
     assert_eq!(host.output(&run, "draft", 2).await.unwrap()["done"], true);
 }
@@ -174,7 +223,10 @@ async fn loops_hitting_max_iterations_return_last_or_fail() {
     let run = host.start(&wf, refine(3, "fail", 99)).await;
     assert_eq!(host.settle(&run).await.status, RunStatus::Failed);
     let events = host.events(&run).await;
-    assert_eq!(of_type(&events, "RunFailed")[0]["error"]["code"], "LOOP_MAX_REACHED");
+    assert_eq!(
+        of_type(&events, "RunFailed")[0]["error"]["code"],
+        "LOOP_MAX_REACHED"
+    );
     assert_eq!(of_type(&events, "NodeFinished").len(), 3);
 }
 
@@ -182,9 +234,14 @@ async fn loops_hitting_max_iterations_return_last_or_fail() {
 async fn parallel_never_exceeds_its_max_concurrency() {
     let host = TestHost::new();
     let wf = host.install("fixture-scripted");
-    let children: Vec<Value> = (0..6).map(|i| task(&format!("w{i}"), json!({ "sleepMs": 150 }))).collect();
+    let children: Vec<Value> = (0..6)
+        .map(|i| task(&format!("w{i}"), json!({ "sleepMs": 150 })))
+        .collect();
     let run = host
-        .start(&wf, script(json!({ "parallel": { "max": 2, "children": children } })))
+        .start(
+            &wf,
+            script(json!({ "parallel": { "max": 2, "children": children } })),
+        )
         .await;
     assert_eq!(host.settle(&run).await.status, RunStatus::Finished);
     let events = host.events(&run).await;
@@ -237,17 +294,31 @@ async fn approvals_park_and_decisions_resume_the_run_by_themselves() {
 
     let denied = host.start(&wf, flow("fail")).await;
     host.settle(&denied).await;
-    host.app.engine.decide(&denied, decide(false)).await.unwrap();
+    host.app
+        .engine
+        .decide(&denied, decide(false))
+        .await
+        .unwrap();
     let row = wait_for_status(&host, &denied, RunStatus::Failed).await;
     let events = host.events(&denied).await;
-    assert_eq!(of_type(&events, "RunFailed")[0]["error"]["code"], "APPROVAL_DENIED");
+    assert_eq!(
+        of_type(&events, "RunFailed")[0]["error"]["code"],
+        "APPROVAL_DENIED"
+    );
     assert_eq!(row.status, RunStatus::Failed);
 
     let continued = host.start(&wf, flow("continue")).await;
     host.settle(&continued).await;
-    host.app.engine.decide(&continued, decide(false)).await.unwrap();
+    host.app
+        .engine
+        .decide(&continued, decide(false))
+        .await
+        .unwrap();
     wait_for_status(&host, &continued, RunStatus::Finished).await;
-    assert_eq!(host.output(&continued, "apply", 0).await.unwrap()["seen"]["gate"]["approved"], false);
+    assert_eq!(
+        host.output(&continued, "apply", 0).await.unwrap()["seen"]["gate"]["approved"],
+        false
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,13 +343,20 @@ async fn signals_wake_waiting_runs_and_become_the_node_output() {
         .unwrap();
     assert_eq!(receipt.seq, 0);
     wait_for_status(&host, &run, RunStatus::Finished).await;
-    assert_eq!(host.output(&run, "use", 0).await.unwrap()["seen"]["wait"]["answer"], 42);
+    assert_eq!(
+        host.output(&run, "use", 0).await.unwrap()["seen"]["wait"]["answer"],
+        42
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_components_are_refused_with_a_clear_error() {
     let host = TestHost::new();
-    std::fs::write(host.root.path().join("garbage.wasm"), b"\0asm this is not a component").unwrap();
+    std::fs::write(
+        host.root.path().join("garbage.wasm"),
+        b"\0asm this is not a component",
+    )
+    .unwrap();
     let err = host
         .app
         .engine
@@ -288,7 +366,10 @@ async fn broken_components_are_refused_with_a_clear_error() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(&err, EngineError::WorkflowLoad(e) if e.code() == "WORKFLOW_INVALID_COMPONENT"), "{err}");
+    assert!(
+        matches!(&err, EngineError::WorkflowLoad(e) if e.code() == "WORKFLOW_INVALID_COMPONENT"),
+        "{err}"
+    );
 
     let wf = host.install("fixture-no-exports");
     let err = host
@@ -335,11 +416,22 @@ async fn paths_outside_the_root_are_refused() {
             })
             .await
             .unwrap_err();
-        assert!(matches!(err, EngineError::WorkflowPathOutsideRoot(_)), "{path}: {err}");
+        assert!(
+            matches!(err, EngineError::WorkflowPathOutsideRoot(_)),
+            "{path}: {err}"
+        );
     }
     let outside = tempfile::tempdir().unwrap();
-    std::fs::copy(common::guest("example-hello"), outside.path().join("hello.wasm")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join("hello.wasm"), host.root.path().join("link.wasm")).unwrap();
+    std::fs::copy(
+        common::guest("example-hello"),
+        outside.path().join("hello.wasm"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("hello.wasm"),
+        host.root.path().join("link.wasm"),
+    )
+    .unwrap();
     let err = host
         .app
         .engine
@@ -349,7 +441,10 @@ async fn paths_outside_the_root_are_refused() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::WorkflowPathOutsideRoot(_)), "{err}");
+    assert!(
+        matches!(err, EngineError::WorkflowPathOutsideRoot(_)),
+        "{err}"
+    );
 }
 
 async fn wait_for_event(host: &TestHost, run: &smithers_host::model::RunId, kind: &str) {
@@ -374,5 +469,8 @@ async fn wait_for_status(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("run never reached {status}; events: {:?}", types(&host.events(run).await));
+    panic!(
+        "run never reached {status}; events: {:?}",
+        types(&host.events(run).await)
+    );
 }

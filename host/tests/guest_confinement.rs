@@ -10,13 +10,17 @@ use smithers_host::model::{RunId, RunStatus};
 
 fn probe(id: &str, behaviour: Value) -> Value {
     let mut task = json!({ "id": id, "continueOnFail": true });
-    task.as_object_mut().unwrap().extend(behaviour.as_object().unwrap().clone());
+    task.as_object_mut()
+        .unwrap()
+        .extend(behaviour.as_object().unwrap().clone());
     json!({ "task": task })
 }
 
 async fn run_probes(host: &TestHost, probes: Vec<Value>) -> RunId {
     let wf = host.install("fixture-scripted");
-    let run = host.start(&wf, json!({ "root": { "sequence": probes } })).await;
+    let run = host
+        .start(&wf, json!({ "root": { "sequence": probes } }))
+        .await;
     assert_eq!(host.settle(&run).await.status, RunStatus::Finished);
     run
 }
@@ -38,16 +42,31 @@ async fn the_guest_sees_only_the_root_dir() {
             probe("inside", json!({ "readFile": "inside.txt" })),
             probe("absolute-inside", json!({ "readFile": "/inside.txt" })),
             probe("dotdot", json!({ "readFile": "../secret.txt" })),
-            probe("deep-dotdot", json!({ "readFile": "a/../../../../../../etc/passwd" })),
+            probe(
+                "deep-dotdot",
+                json!({ "readFile": "a/../../../../../../etc/passwd" }),
+            ),
             probe("absolute-host", json!({ "readFile": secret_path })),
             probe("etc-passwd", json!({ "readFile": "/etc/passwd" })),
             probe("planted-link", json!({ "readFile": "planted" })),
-            probe("planted-dir", json!({ "readFile": "planted-dir/secret.txt" })),
-            probe("make-link", json!({ "symlink": { "target": secret_path, "link": "made" } })),
+            probe(
+                "planted-dir",
+                json!({ "readFile": "planted-dir/secret.txt" }),
+            ),
+            probe(
+                "make-link",
+                json!({ "symlink": { "target": secret_path, "link": "made" } }),
+            ),
             probe("follow-made", json!({ "readFile": "made" })),
-            probe("make-relative-link", json!({ "symlink": { "target": "../../..", "link": "up" } })),
+            probe(
+                "make-relative-link",
+                json!({ "symlink": { "target": "../../..", "link": "up" } }),
+            ),
             probe("follow-relative", json!({ "listDir": "up" })),
-            probe("write-dotdot", json!({ "writeFile": { "path": "../escaped.txt", "content": "x" } })),
+            probe(
+                "write-dotdot",
+                json!({ "writeFile": { "path": "../escaped.txt", "content": "x" } }),
+            ),
             probe("list-root", json!({ "listDir": "/" })),
             probe("env", json!({ "env": true })),
         ],
@@ -56,7 +75,11 @@ async fn the_guest_sees_only_the_root_dir() {
     let out = |node: &'static str| {
         let host = &host;
         let run = run.clone();
-        async move { host.output(&run, node, 0).await.unwrap_or_else(|| panic!("{node} has no output")) }
+        async move {
+            host.output(&run, node, 0)
+                .await
+                .unwrap_or_else(|| panic!("{node} has no output"))
+        }
     };
     assert_eq!(out("inside").await["content"], "hello");
     assert_eq!(out("absolute-inside").await["content"], "hello");
@@ -73,13 +96,30 @@ async fn the_guest_sees_only_the_root_dir() {
     ] {
         let result = out(node).await;
         assert_eq!(result["ok"], false, "{node} escaped: {result}");
-        assert!(!result.to_string().contains("top secret"), "{node} leaked: {result}");
+        assert!(
+            !result.to_string().contains("top secret"),
+            "{node} leaked: {result}"
+        );
     }
     assert!(!outside.path().join("escaped.txt").exists());
-    assert!(!host.root.path().parent().unwrap().join("escaped.txt").exists());
+    assert!(
+        !host
+            .root
+            .path()
+            .parent()
+            .unwrap()
+            .join("escaped.txt")
+            .exists()
+    );
     let entries = out("list-root").await["entries"].clone();
-    assert!(entries.as_array().unwrap().contains(&json!("inside.txt")), "{entries}");
-    assert!(!entries.as_array().unwrap().contains(&json!("etc")), "{entries}");
+    assert!(
+        entries.as_array().unwrap().contains(&json!("inside.txt")),
+        "{entries}"
+    );
+    assert!(
+        !entries.as_array().unwrap().contains(&json!("etc")),
+        "{entries}"
+    );
     let env = out("env").await;
     assert_eq!(env["vars"], json!([]), "no host environment: {env}");
     assert_eq!(env["args"], json!([]), "no arguments: {env}");
@@ -144,13 +184,30 @@ async fn guest_output_is_captured_capped_and_streamed_as_events() {
     let events = host.events(&run).await;
     let outputs: Vec<(String, String)> = of_type(&events, "NodeOutput")
         .iter()
-        .map(|e| (e["stream"].as_str().unwrap().to_string(), e["text"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["stream"].as_str().unwrap().to_string(),
+                e["text"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert!(outputs.contains(&("stdout".into(), "to stdout\n".into())), "{outputs:?}");
-    assert!(outputs.contains(&("stderr".into(), "to stderr\n".into())), "{outputs:?}");
-    assert!(outputs.contains(&("log".into(), "a log line".into())), "{outputs:?}");
+    assert!(
+        outputs.contains(&("stdout".into(), "to stdout\n".into())),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs.contains(&("stderr".into(), "to stderr\n".into())),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs.contains(&("log".into(), "a log line".into())),
+        "{outputs:?}"
+    );
     let emitted = outputs.iter().find(|(s, _)| s == "emit").unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&emitted.1).unwrap(), json!({ "progress": 0.5 }));
+    assert_eq!(
+        serde_json::from_str::<Value>(&emitted.1).unwrap(),
+        json!({ "progress": 0.5 })
+    );
     // Task events are committed before the task's NodeFinished.
     let position = |kind: &str| events.iter().position(|e| e["type"] == kind).unwrap();
     assert!(position("NodeOutput") < position("NodeFinished"));

@@ -44,15 +44,39 @@ async fn a_parked_run_resumes_with_the_current_version_and_keeps_committed_outpu
     std::fs::copy(common::guest("fixture-v2"), &flow).unwrap();
     host.app.engine.decide(&run, approve("gate")).await.unwrap();
     let row = wait_for(&host, &run, RunStatus::Finished).await;
-    assert_eq!(host.output(&run, "finish", 0).await.unwrap()["version"], 2, "v2's task ran");
-    assert_eq!(host.output(&run, "prepare", 0).await.unwrap(), prepared, "v1's output is intact");
+    assert_eq!(
+        host.output(&run, "finish", 0).await.unwrap()["version"],
+        2,
+        "v2's task ran"
+    );
+    assert_eq!(
+        host.output(&run, "prepare", 0).await.unwrap(),
+        prepared,
+        "v1's output is intact"
+    );
     let id = run.clone();
-    let versions = host.app.engine.store().read(move |r| r.run_versions(&id)).await.unwrap();
-    assert_eq!(versions.len(), 2, "the run records both hashes: {versions:?}");
+    let versions = host
+        .app
+        .engine
+        .store()
+        .read(move |r| r.run_versions(&id))
+        .await
+        .unwrap();
+    assert_eq!(
+        versions.len(),
+        2,
+        "the run records both hashes: {versions:?}"
+    );
     assert_eq!(versions[1], row.workflow_hash);
     let events = host.events(&run).await;
-    let hashes: Vec<&str> = of_type(&events, "WorkflowLoaded").iter().map(|e| e["hash"].as_str().unwrap()).collect();
-    assert_eq!(hashes, versions.iter().map(String::as_str).collect::<Vec<_>>());
+    let hashes: Vec<&str> = of_type(&events, "WorkflowLoaded")
+        .iter()
+        .map(|e| e["hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hashes,
+        versions.iter().map(String::as_str).collect::<Vec<_>>()
+    );
 }
 
 fn open(root: &Path, state: &Path) -> App {
@@ -73,15 +97,26 @@ async fn run_hello(app: &App) -> Vec<Value> {
         .unwrap();
     app.engine.wait_idle(&run).await;
     let id = run.clone();
-    let rows = app.engine.store().read(move |r| r.events_after(&id, -1, 1000)).await.unwrap();
-    rows.iter().map(|e| serde_json::from_str(&e.json).unwrap()).collect()
+    let rows = app
+        .engine
+        .store()
+        .read(move |r| r.events_after(&id, -1, 1000))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|e| serde_json::from_str(&e.json).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_disk_cache_survives_restarts_and_corrupt_entries_are_recompiled() {
     let root = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    std::fs::copy(common::guest("example-hello"), root.path().join("hello.wasm")).unwrap();
+    std::fs::copy(
+        common::guest("example-hello"),
+        root.path().join("hello.wasm"),
+    )
+    .unwrap();
 
     let app = open(root.path(), state.path());
     assert_eq!(loaded_sources(&run_hello(&app).await), ["compiled"]);
@@ -121,7 +156,11 @@ async fn the_disk_cache_survives_restarts_and_corrupt_entries_are_recompiled() {
     let other = entries.iter().find(|p| **p != entry[0]).unwrap().clone();
     std::fs::copy(&other, &hello_entry).unwrap();
     let app = open(root.path(), state.path());
-    assert_eq!(loaded_sources(&run_hello(&app).await), ["compiled"], "a foreign entry is not trusted");
+    assert_eq!(
+        loaded_sources(&run_hello(&app).await),
+        ["compiled"],
+        "a foreign entry is not trusted"
+    );
     app.close().await;
 }
 
@@ -155,14 +194,22 @@ async fn concurrent_starts_of_a_new_hash_compile_it_once() {
                 .unwrap()
         })
     });
-    let runs: Vec<_> = futures::future::join_all(starts).await.into_iter().map(Result::unwrap).collect();
+    let runs: Vec<_> = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let mut sources = Vec::new();
     for run in &runs {
         host.settle(run).await;
         sources.extend(loaded_sources(&host.events(run).await));
     }
     assert_eq!(host.app.engine.runtime().cache_stats().compiles, 1);
-    assert_eq!(sources.iter().filter(|s| *s == "compiled").count(), 1, "{sources:?}");
+    assert_eq!(
+        sources.iter().filter(|s| *s == "compiled").count(),
+        1,
+        "{sources:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,22 +240,46 @@ async fn preflight_reports_compatible_and_divergent_parked_runs_without_touching
     std::fs::copy(common::guest("fixture-v2"), &flow).unwrap();
     let before: Vec<_> = futures::future::join_all(runs.iter().map(|r| host.run(r))).await;
     let report = host.app.engine.preflight("flow.wasm").await.unwrap();
-    let verdict = |i: usize| report.runs.iter().find(|v| v.run_id == runs[i].as_str()).unwrap();
+    let verdict = |i: usize| {
+        report
+            .runs
+            .iter()
+            .find(|v| v.run_id == runs[i].as_str())
+            .unwrap()
+    };
     // Run 0 committed `prepare` and waits at `gate`: both exist in v2.
     assert_eq!(verdict(0).verdict, "compatible", "{report:?}");
     // Run 1 waits for a signal node v2 does not have.
     assert_eq!(verdict(1).verdict, "divergent");
-    assert!(verdict(1).reason.as_deref().unwrap().contains("wait"), "{report:?}");
+    assert!(
+        verdict(1).reason.as_deref().unwrap().contains("wait"),
+        "{report:?}"
+    );
     // Run 2 committed `setup`, which v2 does not have.
     assert_eq!(verdict(2).verdict, "divergent");
-    assert!(verdict(2).reason.as_deref().unwrap().contains("committed node setup"), "{report:?}");
+    assert!(
+        verdict(2)
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("committed node setup"),
+        "{report:?}"
+    );
     let after: Vec<_> = futures::future::join_all(runs.iter().map(|r| host.run(r))).await;
     for (b, a) in before.iter().zip(&after) {
-        assert_eq!((b.status, b.next_seq, &b.workflow_hash), (a.status, a.next_seq, &a.workflow_hash), "preflight changed a run");
+        assert_eq!(
+            (b.status, b.next_seq, &b.workflow_hash),
+            (a.status, a.next_seq, &a.workflow_hash),
+            "preflight changed a run"
+        );
     }
 }
 
-async fn wait_for(host: &TestHost, run: &smithers_host::model::RunId, status: RunStatus) -> smithers_host::store::RunRow {
+async fn wait_for(
+    host: &TestHost,
+    run: &smithers_host::model::RunId,
+    status: RunStatus,
+) -> smithers_host::store::RunRow {
     for _ in 0..1000 {
         let row = host.run(run).await;
         if row.status == status {
@@ -223,7 +294,11 @@ async fn wait_for(host: &TestHost, run: &smithers_host::model::RunId, status: Ru
 async fn the_watcher_precompiles_a_changed_component_before_it_is_started() {
     let host = TestHost::new();
     let _watch = host.app.engine.watch(false).unwrap();
-    std::fs::copy(common::guest("example-hello"), host.root.path().join("fresh.wasm")).unwrap();
+    std::fs::copy(
+        common::guest("example-hello"),
+        host.root.path().join("fresh.wasm"),
+    )
+    .unwrap();
     // Wait for the background compile to land in the cache.
     for _ in 0..600 {
         if host.app.engine.runtime().cache_stats().compiles == 1 {
@@ -251,7 +326,11 @@ fn hello_crate(dir: &Path, body: &str) {
     )
     .unwrap();
     // Pin dependency versions to the repository's so builds reuse artifacts.
-    std::fs::copy(common::workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    std::fs::copy(
+        common::workspace_root().join("Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .unwrap();
     std::fs::write(dir.join("src/lib.rs"), body).unwrap();
 }
 
@@ -268,16 +347,28 @@ smithers_sdk::workflow!(name: "dev-hello", build: build);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dev_crate_that_stops_compiling_reports_the_compiler_error_and_the_host_keeps_serving() {
-    let build_dir = common::guests_dir().parent().unwrap().parent().unwrap().to_path_buf();
+    let build_dir = common::guests_dir()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let host = TestHost::with(|c| c.build_dir = Some(build_dir));
     let krate = host.root.path().join("flow");
     hello_crate(&krate, &HELLO_SOURCE.replace("GREETING", "v1"));
     let run = host.start("flow", json!({})).await;
     host.settle(&run).await;
-    assert_eq!(host.output(&run, "greet", 0).await.unwrap()["greeting"], "v1");
+    assert_eq!(
+        host.output(&run, "greet", 0).await.unwrap()["greeting"],
+        "v1"
+    );
 
     // Break it: the next start reports the compiler's own message.
-    std::fs::write(krate.join("src/lib.rs"), HELLO_SOURCE.replace("json!({", "json!({ oops ")).unwrap();
+    std::fs::write(
+        krate.join("src/lib.rs"),
+        HELLO_SOURCE.replace("json!({", "json!({ oops "),
+    )
+    .unwrap();
     let err = host
         .app
         .engine
@@ -288,16 +379,29 @@ async fn a_dev_crate_that_stops_compiling_reports_the_compiler_error_and_the_hos
         .await
         .unwrap_err();
     let message = err.to_string();
-    assert!(matches!(err, smithers_host::engine::EngineError::WorkflowBuild(_)), "{message}");
+    assert!(
+        matches!(err, smithers_host::engine::EngineError::WorkflowBuild(_)),
+        "{message}"
+    );
     assert!(message.contains("error"), "{message}");
-    assert!(message.contains("src/lib.rs"), "the compiler's message names the file: {message}");
+    assert!(
+        message.contains("src/lib.rs"),
+        "the compiler's message names the file: {message}"
+    );
 
     // The host keeps serving other workflows, and the fixed crate again.
     let wf = host.install("example-hello");
     let other = host.start(&wf, json!({})).await;
     assert_eq!(host.settle(&other).await.status, RunStatus::Finished);
-    std::fs::write(krate.join("src/lib.rs"), HELLO_SOURCE.replace("GREETING", "v2")).unwrap();
+    std::fs::write(
+        krate.join("src/lib.rs"),
+        HELLO_SOURCE.replace("GREETING", "v2"),
+    )
+    .unwrap();
     let run = host.start("flow", json!({})).await;
     host.settle(&run).await;
-    assert_eq!(host.output(&run, "greet", 0).await.unwrap()["greeting"], "v2");
+    assert_eq!(
+        host.output(&run, "greet", 0).await.unwrap()["greeting"],
+        "v2"
+    );
 }

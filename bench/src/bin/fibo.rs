@@ -36,14 +36,22 @@ async fn run_once(host: &BenchHost, n: u64) -> Duration {
     engine.wait_idle(&run).await;
     let elapsed = started.elapsed();
     let id = run.clone();
-    let row = engine.store().read(move |r| r.run(&id)).await.unwrap().unwrap();
+    let row = engine
+        .store()
+        .read(move |r| r.run(&id))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, RunStatus::Finished, "fibo run did not finish");
     elapsed
 }
 
 #[tokio::main]
 async fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(400);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(400);
     let component = build_example("fibo").await;
     println!("machine: {}", machine());
     println!("workload: fibo, {n} sequential tasks, each fibo(10)");
@@ -65,19 +73,46 @@ async fn main() {
             totals.push(run_once(&host, n).await);
         }
         let total = summarize(&mut totals);
-        let loaded = host.app.engine.load_workflow("fibo.wasm").await.expect("load").1;
+        let loaded = host
+            .app
+            .engine
+            .load_workflow("fibo.wasm")
+            .await
+            .expect("load")
+            .1;
         let mut inst = Vec::new();
         for _ in 0..2000 {
-            inst.push(host.app.engine.runtime().time_instantiation(&loaded.workflow).await.unwrap());
+            inst.push(
+                host.app
+                    .engine
+                    .runtime()
+                    .time_instantiation(&loaded.workflow)
+                    .await
+                    .unwrap(),
+            );
         }
         let inst = summarize(&mut inst);
         let per_step = total.p50 / n as u32;
         let overhead = per_step.saturating_sub(compute);
         println!();
         println!("durability: {}", durability.describe());
-        println!("  total (median of 5 runs): {}  [min {}, max {}]", ms(total.p50), ms(total.min), ms(total.max));
-        println!("  per step: {}   pure compute per task: {}   orchestration overhead per step: {}", us(per_step), us(compute), us(overhead));
-        println!("  instantiation per task (median of 2000): {}  [p95 {}]", us(inst.p50), us(inst.p95));
+        println!(
+            "  total (median of 5 runs): {}  [min {}, max {}]",
+            ms(total.p50),
+            ms(total.min),
+            ms(total.max)
+        );
+        println!(
+            "  per step: {}   pure compute per task: {}   orchestration overhead per step: {}",
+            us(per_step),
+            us(compute),
+            us(overhead)
+        );
+        println!(
+            "  instantiation per task (median of 2000): {}  [p95 {}]",
+            us(inst.p50),
+            us(inst.p95)
+        );
         host.app.close().await;
     }
 }

@@ -134,7 +134,8 @@ fn json_arg(raw: &str, what: &str) -> Result<Value, u8> {
             .map_err(|e| fail(format!("cannot read {what} from {path}: {e}"), EXIT_REFUSED))?,
         None => raw.to_string(),
     };
-    serde_json::from_str(&text).map_err(|e| fail(format!("{what} is not valid JSON: {e}"), EXIT_REFUSED))
+    serde_json::from_str(&text)
+        .map_err(|e| fail(format!("{what} is not valid JSON: {e}"), EXIT_REFUSED))
 }
 
 fn run_id(raw: &str) -> Result<RunId, u8> {
@@ -152,7 +153,12 @@ pub async fn run(config: AppConfig, args: RunArgs) -> u8 {
 }
 
 async fn run_inner(app: &App, args: RunArgs) -> u8 {
-    let input = match args.input.as_deref().map(|raw| json_arg(raw, "--input")).transpose() {
+    let input = match args
+        .input
+        .as_deref()
+        .map(|raw| json_arg(raw, "--input"))
+        .transpose()
+    {
         Ok(input) => input,
         Err(code) => return code,
     };
@@ -239,7 +245,13 @@ pub async fn signal(config: AppConfig, args: SignalArgs) -> u8 {
         };
         let after = last_seq(&app, &run_id).await?;
         app.engine
-            .signal(&run_id, &args.name, data, args.correlation_id, std::env::var("USER").ok())
+            .signal(
+                &run_id,
+                &args.name,
+                data,
+                args.correlation_id,
+                std::env::var("USER").ok(),
+            )
             .await
             .map_err(|e| fail(e.to_string(), exit_for(&e)))?;
         Ok::<u8, u8>(follow_until_idle(&app, &run_id, after, args.json).await)
@@ -304,7 +316,12 @@ pub async fn status(config: AppConfig, args: StatusArgs) -> u8 {
             println!("workflow  {} ({})", run.workflow_name, run.workflow_path);
             println!("status    {}", run.status);
             for node in &nodes {
-                println!("  {:<14} {}{}", node.state.as_str(), node.key.node_id, iteration_suffix(node));
+                println!(
+                    "  {:<14} {}{}",
+                    node.state.as_str(),
+                    node.key.node_id,
+                    iteration_suffix(node)
+                );
             }
         }
         Ok::<u8, u8>(EXIT_FINISHED)
@@ -333,7 +350,12 @@ pub async fn runs(config: AppConfig, args: ListArgs) -> u8 {
         }
         Ok(runs) => {
             for run in runs {
-                println!("{:<38} {:<17} {}", run.run_id, run.status.as_str(), run.workflow_name);
+                println!(
+                    "{:<38} {:<17} {}",
+                    run.run_id,
+                    run.status.as_str(),
+                    run.workflow_name
+                );
             }
             EXIT_FINISHED
         }
@@ -359,20 +381,35 @@ pub async fn preflight(config: AppConfig, args: PreflightArgs) -> u8 {
             if args.json {
                 println!("{}", serde_json::to_string(&report).expect("serializable"));
             } else {
-                println!("{} ({}) new version {}", report.workflow_path, report.workflow_name, report.hash);
+                println!(
+                    "{} ({}) new version {}",
+                    report.workflow_path, report.workflow_name, report.hash
+                );
                 if report.runs.is_empty() {
                     println!("  no live runs");
                 }
                 for run in &report.runs {
                     match &run.reason {
-                        None => println!("  {:<38} {:<17} compatible", run.run_id, run.status.as_str()),
+                        None => println!(
+                            "  {:<38} {:<17} compatible",
+                            run.run_id,
+                            run.status.as_str()
+                        ),
                         Some(reason) => {
-                            println!("  {:<38} {:<17} divergent: {reason}", run.run_id, run.status.as_str())
+                            println!(
+                                "  {:<38} {:<17} divergent: {reason}",
+                                run.run_id,
+                                run.status.as_str()
+                            )
                         }
                     }
                 }
             }
-            if report.all_compatible() { EXIT_FINISHED } else { EXIT_FAILED }
+            if report.all_compatible() {
+                EXIT_FINISHED
+            } else {
+                EXIT_FAILED
+            }
         }
         Err(e) => fail(e.to_string(), exit_for(&e)),
     };
@@ -421,7 +458,11 @@ async fn last_seq(app: &App, run_id: &RunId) -> Result<i64, u8> {
 /// durable and says how to resume it.
 async fn follow_until_idle(app: &App, run_id: &RunId, after_seq: i64, json: bool) -> u8 {
     let mut printer = Printer::new(json);
-    let mut stream = pin!(events::follow(app.engine.store().clone(), run_id.clone(), after_seq));
+    let mut stream = pin!(events::follow(
+        app.engine.store().clone(),
+        run_id.clone(),
+        after_seq
+    ));
     let mut idle = pin!(app.engine.wait_idle(run_id));
     let mut idle_seen = false;
     let mut printed = after_seq;
@@ -473,8 +514,14 @@ fn report(app: &App, run: &RunRow, nodes: &[NodeRow], json: bool) -> u8 {
         RunStatus::Failed => EXIT_FAILED,
         RunStatus::Cancelled => EXIT_CANCELLED,
         RunStatus::WaitingApproval => {
-            say(format!("run {} is waiting for approval; decide with:", run.run_id));
-            for node in nodes.iter().filter(|n| n.state == NodeState::WaitingApproval) {
+            say(format!(
+                "run {} is waiting for approval; decide with:",
+                run.run_id
+            ));
+            for node in nodes
+                .iter()
+                .filter(|n| n.state == NodeState::WaitingApproval)
+            {
                 let iteration = if node.key.iteration > 0 {
                     format!(" --iteration {}", node.key.iteration)
                 } else {
@@ -482,17 +529,26 @@ fn report(app: &App, run: &RunRow, nodes: &[NodeRow], json: bool) -> u8 {
                 };
                 say(format!(
                     "  {}",
-                    continue_command(app, &format!("approve {} {}{iteration}", run.run_id, node.key.node_id))
+                    continue_command(
+                        app,
+                        &format!("approve {} {}{iteration}", run.run_id, node.key.node_id)
+                    )
                 ));
                 say(format!(
                     "  {}",
-                    continue_command(app, &format!("deny {} {}{iteration}", run.run_id, node.key.node_id))
+                    continue_command(
+                        app,
+                        &format!("deny {} {}{iteration}", run.run_id, node.key.node_id)
+                    )
                 ));
             }
             EXIT_WAITING_APPROVAL
         }
         RunStatus::WaitingEvent => {
-            say(format!("run {} is waiting for a signal; send it with:", run.run_id));
+            say(format!(
+                "run {} is waiting for a signal; send it with:",
+                run.run_id
+            ));
             let waiting = app
                 .engine
                 .store()
@@ -502,15 +558,26 @@ fn report(app: &App, run: &RunRow, nodes: &[NodeRow], json: bool) -> u8 {
                         .into_iter()
                         .filter(|e| e.event_type == "NodeWaitingEvent")
                         .filter_map(|e| serde_json::from_str::<Value>(&e.json).ok())
-                        .filter_map(|v| Some((v.get("nodeId")?.as_str()?.to_string(), v.get("signalName")?.as_str()?.to_string())))
+                        .filter_map(|v| {
+                            Some((
+                                v.get("nodeId")?.as_str()?.to_string(),
+                                v.get("signalName")?.as_str()?.to_string(),
+                            ))
+                        })
                         .collect::<Vec<_>>())
                 })
                 .unwrap_or_default();
             for (node, name) in waiting {
-                if nodes.iter().any(|n| n.key.node_id == node && n.state == NodeState::WaitingEvent) {
+                if nodes
+                    .iter()
+                    .any(|n| *n.key.node_id == *node && n.state == NodeState::WaitingEvent)
+                {
                     say(format!(
                         "  {}",
-                        continue_command(app, &format!("signal {} {name} --data '{{}}'", run.run_id))
+                        continue_command(
+                            app,
+                            &format!("signal {} {name} --data '{{}}'", run.run_id)
+                        )
                     ));
                 }
             }
@@ -539,7 +606,10 @@ fn continue_command(app: &App, verb_and_args: &str) -> String {
 }
 
 fn shell_quote(text: &str) -> String {
-    if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c))
+    {
         text.to_string()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))

@@ -164,7 +164,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let server_mode = matches!(cli.command, None | Some(Command::Serve));
     init_tracing(if server_mode { "info" } else { "warn" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("smithers-host: cannot start the async runtime: {e}");

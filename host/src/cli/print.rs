@@ -55,7 +55,11 @@ impl Printer {
             "RunStarted" => format!(
                 "run {} {} ({} {})",
                 s("runId"),
-                if e.get("resumed").and_then(Value::as_bool) == Some(true) { "resumed" } else { "started" },
+                if e.get("resumed").and_then(Value::as_bool) == Some(true) {
+                    "resumed"
+                } else {
+                    "started"
+                },
                 s("workflowName"),
                 short(&s("workflowHash")),
             ),
@@ -70,30 +74,55 @@ impl Printer {
                 format!("  ▸ {} started (attempt {})", node(), n("attempt"))
             }
             "NodeFinished" => {
-                let took = self.started.remove(&key()).map(|t| format!(" in {} ms", at - t));
+                let took = self
+                    .started
+                    .remove(&key())
+                    .map(|t| format!(" in {} ms", at - t));
                 format!("  ✓ {} finished{}", node(), took.unwrap_or_default())
             }
             "NodeFailed" => format!(
                 "  ✗ {} failed (attempt {}): {}",
                 node(),
                 n("attempt"),
-                e.pointer("/error/message").and_then(Value::as_str).unwrap_or("")
+                e.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
             ),
-            "NodeRetrying" => format!("  ↻ {} retrying (attempt {}) in {} ms", node(), n("attempt"), n("delayMs")),
+            "NodeRetrying" => format!(
+                "  ↻ {} retrying (attempt {}) in {} ms",
+                node(),
+                n("attempt"),
+                n("delayMs")
+            ),
             "NodeSkipped" => format!("  – {} skipped", node()),
             "NodeCancelled" => format!("  ■ {} cancelled ({})", node(), s("reason")),
             "NodeWaitingApproval" => format!("  ? {} waiting for approval", node()),
-            "NodeWaitingEvent" => format!("  ? {} waiting for signal {:?}", node(), s("signalName")),
+            "NodeWaitingEvent" => {
+                format!("  ? {} waiting for signal {:?}", node(), s("signalName"))
+            }
             "ApprovalGranted" => format!("  ✓ {} approved{}", node(), by(e)),
             "ApprovalDenied" => format!("  ✗ {} denied{}", node(), by(e)),
-            "SignalReceived" => format!("  ⚑ signal {:?} received (seq {})", s("signalName"), n("signalSeq")),
-            "LoopIterationStarted" => format!("  ⟳ loop {} iteration {}", s("nodeId"), n("iteration")),
+            "SignalReceived" => format!(
+                "  ⚑ signal {:?} received (seq {})",
+                s("signalName"),
+                n("signalSeq")
+            ),
+            "LoopIterationStarted" => {
+                format!("  ⟳ loop {} iteration {}", s("nodeId"), n("iteration"))
+            }
             "NodeOutput" => {
                 let text = s("text");
                 let text = text.trim_end();
-                format!("  │ {} {}: {}", node(), s("stream"), text.replace('\n', "\n             │ "))
+                format!(
+                    "  │ {} {}: {}",
+                    node(),
+                    s("stream"),
+                    text.replace('\n', "\n             │ ")
+                )
             }
-            "ToolCallStarted" => format!("  ⚙ {} {} call {} started", node(), s("toolName"), n("seq")),
+            "ToolCallStarted" => {
+                format!("  ⚙ {} {} call {} started", node(), s("toolName"), n("seq"))
+            }
             "ToolCallFinished" => format!(
                 "  ⚙ {} {} call {} {} in {} ms{}",
                 node(),
@@ -104,14 +133,22 @@ impl Printer {
                     None => s("status"),
                 },
                 n("durationMs"),
-                if e.get("truncated").and_then(Value::as_bool) == Some(true) { " (output truncated)" } else { "" },
+                if e.get("truncated").and_then(Value::as_bool) == Some(true) {
+                    " (output truncated)"
+                } else {
+                    ""
+                },
             ),
             "RunStatusChanged" => format!("run is {}", s("status")),
             "RunFinished" => "run finished".to_string(),
             "RunFailed" => format!(
                 "run failed: {} ({})",
-                e.pointer("/error/message").and_then(Value::as_str).unwrap_or(""),
-                e.pointer("/error/code").and_then(Value::as_str).unwrap_or("")
+                e.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                e.pointer("/error/code")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
             ),
             "RunCancelled" => "run cancelled".to_string(),
             // Frames and pending markers are noise on a terminal.
@@ -141,5 +178,10 @@ fn clock(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let day = secs.rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}.{millis:03}", day / 3600, (day % 3600) / 60, day % 60)
+    format!(
+        "{:02}:{:02}:{:02}.{millis:03}",
+        day / 3600,
+        (day % 3600) / 60,
+        day % 60
+    )
 }

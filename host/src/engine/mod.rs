@@ -240,12 +240,19 @@ impl Engine {
 
     /// True when a driver is running this run.
     pub fn is_active(&self, run_id: &RunId) -> bool {
-        self.inner.active.lock().expect("registry").contains_key(run_id)
+        self.inner
+            .active
+            .lock()
+            .expect("registry")
+            .contains_key(run_id)
     }
 
     /// Resolves and loads a workflow without starting anything: the
     /// validation `start` performs before accepting a run.
-    pub async fn load_workflow(&self, workflow_path: &str) -> Result<(PathBuf, Loaded), EngineError> {
+    pub async fn load_workflow(
+        &self,
+        workflow_path: &str,
+    ) -> Result<(PathBuf, Loaded), EngineError> {
         self.inner.load_workflow(workflow_path).await
     }
 
@@ -256,7 +263,11 @@ impl Engine {
         let input = match request.input {
             None => Value::Object(Default::default()),
             Some(Value::Object(map)) => Value::Object(map),
-            Some(_) => return Err(EngineError::InvalidRequest("input must be a JSON object".into())),
+            Some(_) => {
+                return Err(EngineError::InvalidRequest(
+                    "input must be a JSON object".into(),
+                ));
+            }
         };
         if request.max_concurrency == Some(0) {
             return Err(EngineError::InvalidRequest(
@@ -271,7 +282,9 @@ impl Engine {
         let slot = inner
             .reserve(&run_id)
             .ok_or_else(|| EngineError::RunAlreadyExists(run_id.clone()))?;
-        let max_concurrency = request.max_concurrency.unwrap_or(inner.config.max_concurrency);
+        let max_concurrency = request
+            .max_concurrency
+            .unwrap_or(inner.config.max_concurrency);
         let config = serde_json::json!({
             "maxConcurrency": max_concurrency,
             "rootDir": inner.config.root_dir,
@@ -305,25 +318,40 @@ impl Engine {
                 other => other.into(),
             });
         }
-        let state = state::RunState {
-            input_json: input.to_string(),
-            auth_json: request.auth.as_ref().map(Value::to_string),
-            ..Default::default()
-        };
-        run::spawn(inner.clone(), run_id.clone(), workflow, state, max_concurrency, slot, "start");
+        let state = state::RunState::new(
+            run_id.as_str(),
+            input.to_string(),
+            request.auth.as_ref().map(Value::to_string),
+        );
+        run::spawn(
+            inner.clone(),
+            run_id.clone(),
+            workflow,
+            state,
+            max_concurrency,
+            slot,
+            "start",
+        );
         Ok(run_id)
     }
 
     /// Resumes a parked, failed, cancelled or interrupted run with the
     /// workflow's current version. `workflow_path` overrides the stored path.
-    pub async fn resume(&self, run_id: &RunId, workflow_path: Option<&str>) -> Result<ResumeOutcome, EngineError> {
+    pub async fn resume(
+        &self,
+        run_id: &RunId,
+        workflow_path: Option<&str>,
+    ) -> Result<ResumeOutcome, EngineError> {
         self.inner.clone().resume(run_id, workflow_path).await
     }
 
     /// Cancels a run: stops its tasks and records `RunCancelled`.
     pub async fn cancel(&self, run_id: &RunId) -> Result<CancelOutcome, EngineError> {
         let inner = &self.inner;
-        let result = inner.store.commit(Commit::new(run_id.clone()).op(Op::CancelRun)).await;
+        let result = inner
+            .store
+            .commit(Commit::new(run_id.clone()).op(Op::CancelRun))
+            .await;
         match result {
             Ok(_) => {
                 let active = inner.active.lock().expect("registry").get(run_id).cloned();
@@ -358,7 +386,11 @@ impl Engine {
     }
 
     /// Records an approval decision and lets the run continue on its own.
-    pub async fn decide(&self, run_id: &RunId, decision: ApprovalDecision) -> Result<(), EngineError> {
+    pub async fn decide(
+        &self,
+        run_id: &RunId,
+        decision: ApprovalDecision,
+    ) -> Result<(), EngineError> {
         let inner = &self.inner;
         inner.check_running()?;
         let key = NodeKey::new(decision.node_id, decision.iteration);
@@ -374,7 +406,9 @@ impl Engine {
         match result {
             Ok(_) => {}
             Err(StoreError::NotFound(_)) => return Err(EngineError::RunNotFound(run_id.clone())),
-            Err(StoreError::Conflict(message)) => return Err(EngineError::NotWaitingForApproval(message)),
+            Err(StoreError::Conflict(message)) => {
+                return Err(EngineError::NotWaitingForApproval(message));
+            }
             Err(e) => return Err(e.into()),
         }
         inner.clone().wake_or_resume(run_id).await;
@@ -394,9 +428,13 @@ impl Engine {
         inner.check_running()?;
         let name = name.trim();
         if name.is_empty() {
-            return Err(EngineError::InvalidRequest("signal name must not be empty".into()));
+            return Err(EngineError::InvalidRequest(
+                "signal name must not be empty".into(),
+            ));
         }
-        let correlation_id = correlation_id.map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
+        let correlation_id = correlation_id
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty());
         let outcome = inner
             .store
             .commit(Commit::new(run_id.clone()).op(Op::InsertSignal {
@@ -465,8 +503,14 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.background.cancel();
-        let drivers: Vec<Arc<ActiveRun>> =
-            self.inner.active.lock().expect("registry").values().cloned().collect();
+        let drivers: Vec<Arc<ActiveRun>> = self
+            .inner
+            .active
+            .lock()
+            .expect("registry")
+            .values()
+            .cloned()
+            .collect();
         for driver in &drivers {
             driver.halt.cancel();
         }
@@ -526,13 +570,18 @@ impl EngineInner {
 
     async fn load_workflow(&self, workflow_path: &str) -> Result<(PathBuf, Loaded), EngineError> {
         if workflow_path.trim().is_empty() {
-            return Err(EngineError::InvalidRequest("workflowPath must be a string".into()));
+            return Err(EngineError::InvalidRequest(
+                "workflowPath must be a string".into(),
+            ));
         }
-        let path = paths::resolve_existing(&self.config.root_dir, workflow_path).map_err(|e| match e {
-            PathError::Escape(p) => EngineError::WorkflowPathOutsideRoot(p),
-            PathError::NotFound(p) => EngineError::WorkflowNotFound(p),
-            PathError::Invalid(p) => EngineError::InvalidRequest(format!("invalid workflowPath: {p}")),
-        })?;
+        let path =
+            paths::resolve_existing(&self.config.root_dir, workflow_path).map_err(|e| match e {
+                PathError::Escape(p) => EngineError::WorkflowPathOutsideRoot(p),
+                PathError::NotFound(p) => EngineError::WorkflowNotFound(p),
+                PathError::Invalid(p) => {
+                    EngineError::InvalidRequest(format!("invalid workflowPath: {p}"))
+                }
+            })?;
         let component_path = if path.is_dir() {
             if !GuestBuilder::is_crate_dir(&path) {
                 return Err(EngineError::WorkflowNotFound(format!(
@@ -565,7 +614,11 @@ impl EngineInner {
         let Some(slot) = self.reserve(run_id) else {
             return Ok(ResumeOutcome::AlreadyRunning);
         };
-        match self.clone().resume_reserved(run_id, run, workflow_path, slot).await {
+        match self
+            .clone()
+            .resume_reserved(run_id, run, workflow_path, slot)
+            .await
+        {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
                 self.release(run_id);
@@ -622,7 +675,15 @@ impl EngineInner {
             .ok()
             .and_then(|c| c.get("maxConcurrency").and_then(Value::as_u64))
             .map_or(self.config.max_concurrency, |m| m.max(1) as u32);
-        run::spawn(self.clone(), run_id.clone(), workflow, state, max_concurrency, slot, "resume");
+        run::spawn(
+            self.clone(),
+            run_id.clone(),
+            workflow,
+            state,
+            max_concurrency,
+            slot,
+            "resume",
+        );
         Ok(ResumeOutcome::Resumed)
     }
 

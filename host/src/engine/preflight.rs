@@ -72,7 +72,11 @@ impl Engine {
                 run_id: snapshot.run.run_id.to_string(),
                 status: snapshot.run.status,
                 current_hash: snapshot.run.workflow_hash.clone(),
-                verdict: if reason.is_none() { "compatible" } else { "divergent" },
+                verdict: if reason.is_none() {
+                    "compatible"
+                } else {
+                    "divergent"
+                },
                 reason,
             });
         }
@@ -85,10 +89,17 @@ impl Engine {
     }
 
     /// The first reason the new version cannot continue this run, if any.
-    async fn divergence(&self, workflow: &crate::runtime::Workflow, snapshot: &RunSnapshot) -> Option<String> {
+    async fn divergence(
+        &self,
+        workflow: &crate::runtime::Workflow,
+        snapshot: &RunSnapshot,
+    ) -> Option<String> {
         let state = RunState::from_snapshot(snapshot);
-        let ctx = state.render_context(snapshot.run.run_id.as_str());
-        let tree = match self.runtime().render(workflow, &ctx).await {
+        let tree = match self
+            .runtime()
+            .render(workflow, state.render_context())
+            .await
+        {
             Ok(Ok(nodes)) => match Tree::from_wire(nodes) {
                 Ok(tree) => tree,
                 Err(e) => return Some(format!("render returns an invalid tree: {e}")),
@@ -97,19 +108,27 @@ impl Engine {
             Err(fault) => return Some(format!("render fails: {}", fault.message)),
         };
         let mut nodes = snapshot.nodes.clone();
-        nodes.sort_by(|a, b| (&a.key.node_id, a.key.iteration).cmp(&(&b.key.node_id, b.key.iteration)));
+        nodes.sort_by(|a, b| {
+            (&a.key.node_id, a.key.iteration).cmp(&(&b.key.node_id, b.key.iteration))
+        });
         for node in &nodes {
             let id = &node.key.node_id;
             let found = tree.node(id).map(|n| &n.kind);
             match node.state {
                 NodeState::WaitingApproval if !matches!(found, Some(Kind::Approval(_))) => {
-                    return Some(format!("node {id} is waiting for approval but is no longer an approval in the new version"));
+                    return Some(format!(
+                        "node {id} is waiting for approval but is no longer an approval in the new version"
+                    ));
                 }
                 NodeState::WaitingEvent if !matches!(found, Some(Kind::Signal(_))) => {
-                    return Some(format!("node {id} is waiting for a signal but is no longer a signal node in the new version"));
+                    return Some(format!(
+                        "node {id} is waiting for a signal but is no longer a signal node in the new version"
+                    ));
                 }
                 NodeState::Finished | NodeState::Failed | NodeState::Skipped if found.is_none() => {
-                    return Some(format!("committed node {id} is no longer in the workflow tree"));
+                    return Some(format!(
+                        "committed node {id} is no longer in the workflow tree"
+                    ));
                 }
                 _ => {}
             }

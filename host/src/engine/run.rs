@@ -22,11 +22,21 @@ use super::schedule::{self, Blocked, Change, Outcome, Plan, Start, View};
 use super::state::RunState;
 use super::tree::{TaskSpec, Tree};
 use super::{ActiveRun, EngineInner};
-use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus, now_ms};
-use crate::runtime::{
-    Backoff, GuestFault, RenderContext, TaskContext, TaskEnv, TaskError, Workflow,
+use crate::model::{
+    AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus, now_ms,
 };
+use crate::runtime::{Backoff, GuestFault, Node, TaskContext, TaskEnv, TaskError, Workflow};
 use crate::store::{Commit, NodeUpdate, Op, StoreError};
+
+/// The previous render, to recognise an unchanged tree.
+struct LastFrame {
+    /// What the guest returned.
+    wire: Vec<Node>,
+    /// Its validated tree.
+    tree: Arc<Tree>,
+    /// Loop iterations and hash of the last frame stored for it.
+    frame: Option<(Vec<(String, u32)>, String)>,
+}
 
 /// A task attempt in flight.
 struct Inflight {
@@ -72,6 +82,7 @@ pub(super) fn spawn(
         inflight: HashMap::new(),
         tasks: JoinSet::new(),
         trigger: json!({ "reason": reason }),
+        last_frame: None,
     };
     tokio::spawn(driver.run());
 }
@@ -89,6 +100,8 @@ struct Driver {
     carry: Commit,
     /// Why the next render happens.
     trigger: Value,
+    /// The previous render and its frame hash.
+    last_frame: Option<LastFrame>,
 }
 
 impl Driver {
@@ -146,8 +159,7 @@ impl Driver {
             if self.halted() {
                 return Ok(Exit::Halted);
             }
-            let ctx = self.state.render_context(self.run_id.as_str());
-            let tree = match self.render(&ctx).await {
+            let tree = match self.render().await {
                 Ok(tree) => tree,
                 Err(error) => return self.fail(error).await,
             };
@@ -174,7 +186,8 @@ impl Driver {
                     return self.fail(error).await;
                 }
                 Outcome::Finished => {
-                    let failed: Vec<String> = plan.failed_children.iter().map(|k| k.to_string()).collect();
+                    let failed: Vec<String> =
+                        plan.failed_children.iter().map(|k| k.to_string()).collect();
                     step.push_op(Op::SetRunStatus {
                         status: RunStatus::Finished,
                         error: None,
@@ -201,7 +214,7 @@ impl Driver {
                 return Ok(Exit::Halted);
             }
             for start in started {
-                self.launch(start, &ctx);
+                self.launch(start);
             }
             if self.inflight.is_empty() && plan.wake_at_ms.is_none() {
                 match plan.blocked {
@@ -227,34 +240,83 @@ impl Driver {
         }
     }
 
-    async fn render(&self, ctx: &RenderContext) -> Result<Tree, ErrorInfo> {
-        match self.engine.runtime.render(&self.workflow, ctx).await {
-            Ok(Ok(nodes)) => Tree::from_wire(nodes)
-                .map_err(|m| ErrorInfo::new("RENDER_INVALID", format!("render returned an invalid tree: {m}"))),
-            Ok(Err(message)) => Err(ErrorInfo::new("RENDER_FAILED", format!("render failed: {message}"))),
-            Err(fault) => Err(ErrorInfo::new("RENDER_FAILED", format!("render failed: {}", fault.message))
-                .with_details(json!({ "cause": fault.code }))),
+    /// Renders and returns the validated tree; a render identical to the
+    /// previous one reuses its tree (and, in `frame`, its frame).
+    async fn render(&mut self) -> Result<Arc<Tree>, ErrorInfo> {
+        let rendered = self
+            .engine
+            .runtime
+            .render(&self.workflow, self.state.render_context())
+            .await;
+        match rendered {
+            Ok(Ok(wire)) => {
+                if let Some(last) = self.last_frame.as_ref().filter(|last| last.wire == wire) {
+                    return Ok(last.tree.clone());
+                }
+                let tree = Arc::new(Tree::from_wire(wire.clone()).map_err(|m| {
+                    ErrorInfo::new(
+                        "RENDER_INVALID",
+                        format!("render returned an invalid tree: {m}"),
+                    )
+                })?);
+                self.last_frame = Some(LastFrame {
+                    wire,
+                    tree: tree.clone(),
+                    frame: None,
+                });
+                Ok(tree)
+            }
+            Ok(Err(message)) => Err(ErrorInfo::new(
+                "RENDER_FAILED",
+                format!("render failed: {message}"),
+            )),
+            Err(fault) => Err(ErrorInfo::new(
+                "RENDER_FAILED",
+                format!("render failed: {}", fault.message),
+            )
+            .with_details(json!({ "cause": fault.code }))),
         }
     }
 
     fn frame(&mut self, tree: &Tree, step: &mut Commit) {
-        let loops = &self.state.loops;
-        let iteration_of = |position: usize| {
-            tree.nodes[position]
-                .enclosing_loop
-                .and_then(|l| loops.get(&tree.nodes[l].id))
-                .map_or(0, |s| s.iteration)
+        // Most renders return the tree of the previous one (a static
+        // workflow always does): then, unless a loop moved on (the task
+        // index carries iterations), its canonical JSON and hash are reused
+        // and the stored tree is not written again.
+        let mut loops: Vec<(String, u32)> = self
+            .state
+            .loops
+            .iter()
+            .map(|(id, s)| (id.clone(), s.iteration))
+            .collect();
+        loops.sort();
+        let last = self
+            .last_frame
+            .as_mut()
+            .expect("render sets the last frame");
+        let tree_hash = match &last.frame {
+            Some((seen_loops, hash)) if *seen_loops == loops => hash.clone(),
+            _ => {
+                let state_loops = &self.state.loops;
+                let iteration_of = |position: usize| {
+                    tree.nodes[position]
+                        .enclosing_loop
+                        .and_then(|l| state_loops.get(&*tree.nodes[l].id))
+                        .map_or(0, |s| s.iteration)
+                };
+                let (tree_json, task_index_json, hash) =
+                    tree.frame(&self.workflow.info.name, iteration_of);
+                last.frame = Some((loops, hash.clone()));
+                step.push_op(Op::StoreTree {
+                    tree_hash: hash.clone(),
+                    tree_json,
+                    task_index_json,
+                });
+                hash
+            }
         };
-        let (tree_json, task_index_json, tree_hash) = tree.frame(&self.workflow.info.name, iteration_of);
         self.state.frame_no += 1;
         let trigger = std::mem::replace(&mut self.trigger, json!({ "reason": "stability-check" }));
-        step.push_op(Op::InsertFrame {
-            frame_no: self.state.frame_no,
-            tree_hash: tree_hash.clone(),
-            tree_json,
-            task_index_json,
-            trigger_json: trigger.to_string(),
-        });
         step.push_event(EventBody::FrameCommitted {
             frame_no: self.state.frame_no,
             xml_hash: tree_hash,
@@ -269,7 +331,7 @@ impl Driver {
                 ..NodeUpdate::new(key, NodeState::Pending)
             }));
             step.push_event(EventBody::NodePending {
-                node_id: key.node_id.clone(),
+                node_id: key.node_id.to_string(),
                 iteration: key.iteration,
             });
             self.state.node_mut(key).state = Some(NodeState::Pending);
@@ -282,34 +344,41 @@ impl Driver {
                 Change::Skip(key) => {
                     step.push_op(node_op(key, NodeState::Skipped));
                     step.push_event(EventBody::NodeSkipped {
-                        node_id: key.node_id.clone(),
+                        node_id: key.node_id.to_string(),
                         iteration: key.iteration,
                     });
                     self.state.node_mut(key).state = Some(NodeState::Skipped);
-                    self.trigger = json!({ "reason": "node-skipped", "nodeId": key.node_id });
+                    self.trigger = json!({ "reason": "node-skipped", "nodeId": &*key.node_id });
                 }
-                Change::FinishApproval { key, output, skipped } => {
-                    let state = if *skipped { NodeState::Skipped } else { NodeState::Finished };
+                Change::FinishApproval {
+                    key,
+                    output,
+                    skipped,
+                } => {
+                    let state = if *skipped {
+                        NodeState::Skipped
+                    } else {
+                        NodeState::Finished
+                    };
                     step.push_op(Op::UpsertNode(NodeUpdate {
                         output_json: Some(output.clone()),
                         ..NodeUpdate::new(key, state)
                     }));
                     step.push_event(if *skipped {
                         EventBody::NodeSkipped {
-                            node_id: key.node_id.clone(),
+                            node_id: key.node_id.to_string(),
                             iteration: key.iteration,
                         }
                     } else {
                         EventBody::NodeFinished {
-                            node_id: key.node_id.clone(),
+                            node_id: key.node_id.to_string(),
                             iteration: key.iteration,
                             attempt: 1,
                         }
                     });
-                    let node = self.state.node_mut(key);
-                    node.state = Some(state);
-                    node.output = Some(output.clone());
-                    self.trigger = json!({ "reason": "approval-decided", "nodeId": key.node_id });
+                    self.state.node_mut(key).state = Some(state);
+                    self.state.set_output(key, output.clone());
+                    self.trigger = json!({ "reason": "approval-decided", "nodeId": &*key.node_id });
                 }
                 Change::FailApproval { key, error } => {
                     step.push_op(Op::UpsertNode(NodeUpdate {
@@ -317,7 +386,7 @@ impl Driver {
                         ..NodeUpdate::new(key, NodeState::Failed)
                     }));
                     step.push_event(EventBody::NodeFailed {
-                        node_id: key.node_id.clone(),
+                        node_id: key.node_id.to_string(),
                         iteration: key.iteration,
                         attempt: 1,
                         error: error.clone(),
@@ -325,7 +394,7 @@ impl Driver {
                     let node = self.state.node_mut(key);
                     node.state = Some(NodeState::Failed);
                     node.error = Some(error.clone());
-                    self.trigger = json!({ "reason": "approval-decided", "nodeId": key.node_id });
+                    self.trigger = json!({ "reason": "approval-decided", "nodeId": &*key.node_id });
                 }
                 Change::ConsumeSignal { key, seq, payload } => {
                     step.push_op(Op::ConsumeSignal {
@@ -337,15 +406,14 @@ impl Driver {
                         ..NodeUpdate::new(key, NodeState::Finished)
                     }));
                     step.push_event(EventBody::NodeFinished {
-                        node_id: key.node_id.clone(),
+                        node_id: key.node_id.to_string(),
                         iteration: key.iteration,
                         attempt: 1,
                     });
-                    let node = self.state.node_mut(key);
-                    node.state = Some(NodeState::Finished);
-                    node.output = Some(payload.clone());
+                    self.state.node_mut(key).state = Some(NodeState::Finished);
+                    self.state.set_output(key, payload.clone());
                     self.state.signals.retain(|s| s.seq != *seq);
-                    self.trigger = json!({ "reason": "signal", "nodeId": key.node_id });
+                    self.trigger = json!({ "reason": "signal", "nodeId": &*key.node_id });
                 }
                 Change::AdvanceLoop { loop_id, iteration } => {
                     step.push_op(Op::SetLoop {
@@ -357,8 +425,7 @@ impl Driver {
                         node_id: loop_id.clone(),
                         iteration: *iteration,
                     });
-                    let state = self.state.loops.entry(loop_id.clone()).or_default();
-                    state.iteration = *iteration;
+                    self.state.set_loop(loop_id, *iteration, false);
                     self.trigger = json!({ "reason": "loop-advanced", "nodeId": loop_id, "iteration": iteration });
                 }
                 Change::CompleteLoop { loop_id, iteration } => {
@@ -367,9 +434,7 @@ impl Driver {
                         iteration: *iteration,
                         done: true,
                     });
-                    let state = self.state.loops.entry(loop_id.clone()).or_default();
-                    state.iteration = *iteration;
-                    state.done = true;
+                    self.state.set_loop(loop_id, *iteration, true);
                     self.trigger = json!({ "reason": "loop-completed", "nodeId": loop_id });
                 }
             }
@@ -380,7 +445,7 @@ impl Driver {
         for (key, spec) in &plan.request_approvals {
             let request = json!({
                 "mode": "approve",
-                "title": spec.title.clone().unwrap_or_else(|| key.node_id.clone()),
+                "title": spec.title.clone().unwrap_or_else(|| key.node_id.to_string()),
                 "summary": spec.summary,
                 "onDeny": match spec.on_deny {
                     crate::runtime::OnDeny::Fail => "fail",
@@ -398,12 +463,12 @@ impl Driver {
             });
             step.push_op(node_op(key, NodeState::WaitingApproval));
             step.push_event(EventBody::ApprovalRequested {
-                node_id: key.node_id.clone(),
+                node_id: key.node_id.to_string(),
                 iteration: key.iteration,
                 request: request.clone(),
             });
             step.push_event(EventBody::NodeWaitingApproval {
-                node_id: key.node_id.clone(),
+                node_id: key.node_id.to_string(),
                 iteration: key.iteration,
                 request,
             });
@@ -412,7 +477,7 @@ impl Driver {
         for (key, name) in &plan.wait_signals {
             step.push_op(node_op(key, NodeState::WaitingEvent));
             step.push_event(EventBody::NodeWaitingEvent {
-                node_id: key.node_id.clone(),
+                node_id: key.node_id.to_string(),
                 iteration: key.iteration,
                 signal_name: name.clone(),
             });
@@ -443,7 +508,7 @@ impl Driver {
                 ..NodeUpdate::new(&start.key, NodeState::InProgress)
             }));
             step.push_event(EventBody::NodeStarted {
-                node_id: start.key.node_id.clone(),
+                node_id: start.key.node_id.to_string(),
                 iteration: start.key.iteration,
                 attempt: start.attempt,
             });
@@ -455,7 +520,7 @@ impl Driver {
         starts.to_vec()
     }
 
-    fn launch(&mut self, start: Start, render: &RenderContext) {
+    fn launch(&mut self, start: Start) {
         let cancel = self.slot.halt.child_token();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let env = TaskEnv {
@@ -464,14 +529,14 @@ impl Driver {
             events: events_tx,
             cancel: cancel.clone(),
             timeout: start.spec.timeout_ms.map(Duration::from_millis),
-            node_id: start.key.node_id.clone(),
+            node_id: start.key.node_id.to_string(),
             iteration: start.key.iteration,
             attempt: start.attempt,
             run_id: self.run_id.to_string(),
         };
         let ctx = TaskContext {
-            render: render.clone(),
-            node_id: start.key.node_id.clone(),
+            render: self.state.render_context().clone(),
+            node_id: start.key.node_id.to_string(),
             iteration: start.key.iteration,
             attempt: start.attempt,
         };
@@ -494,7 +559,11 @@ impl Driver {
             let call = runtime.run_task(&workflow, &ctx, env);
             let forward = forward_task_events(store, run_id, owner_id, events_rx);
             let (result, ()) = tokio::join!(call, forward);
-            Finished { key, attempt, result }
+            Finished {
+                key,
+                attempt,
+                result,
+            }
         });
     }
 
@@ -503,7 +572,9 @@ impl Driver {
     async fn wait(&mut self, wake_at_ms: Option<i64>) -> Result<bool, StoreError> {
         let sleep = async {
             match wake_at_ms {
-                Some(at) => tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await,
+                Some(at) => {
+                    tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await
+                }
                 None => std::future::pending().await,
             }
         };
@@ -557,24 +628,29 @@ impl Driver {
                         ..NodeUpdate::new(&key, NodeState::Finished)
                     }));
                     self.carry.push_event(EventBody::NodeFinished {
-                        node_id: key.node_id.clone(),
+                        node_id: key.node_id.to_string(),
                         iteration: key.iteration,
                         attempt,
                     });
-                    let node = self.state.node_mut(&key);
-                    node.state = Some(NodeState::Finished);
-                    node.output = Some(output);
-                    self.trigger = json!({ "reason": "task-finished", "nodeId": key.node_id, "iteration": key.iteration });
+                    self.state.node_mut(&key).state = Some(NodeState::Finished);
+                    self.state.set_output(&key, output);
+                    self.trigger = json!({ "reason": "task-finished", "nodeId": &*key.node_id, "iteration": key.iteration });
                     return;
                 }
                 Err(e) => (
-                    ErrorInfo::new("INVALID_OUTPUT", format!("the task returned invalid JSON: {e}")),
+                    ErrorInfo::new(
+                        "INVALID_OUTPUT",
+                        format!("the task returned invalid JSON: {e}"),
+                    ),
                     false,
                 ),
             },
             Ok(Err(task_error)) => {
                 let mut error = ErrorInfo::new(task_error.code, task_error.message);
-                if let Some(details) = task_error.details.and_then(|d| serde_json::from_str(&d).ok()) {
+                if let Some(details) = task_error
+                    .details
+                    .and_then(|d| serde_json::from_str(&d).ok())
+                {
                     error = error.with_details(details);
                 }
                 (error, task_error.retryable)
@@ -582,7 +658,7 @@ impl Driver {
             Err(fault) => (ErrorInfo::new(fault.code, fault.message), true),
         };
         let (error, retryable) = failure;
-        let error = error.for_node(key.node_id.clone());
+        let error = error.for_node(key.node_id.to_string());
         drop(inflight.cancel);
         let retry = retryable && attempt <= inflight.spec.retries;
         self.carry.push_op(Op::EndAttempt {
@@ -592,7 +668,7 @@ impl Driver {
             error: Some(error.clone()),
         });
         self.carry.push_event(EventBody::NodeFailed {
-            node_id: key.node_id.clone(),
+            node_id: key.node_id.to_string(),
             iteration: key.iteration,
             attempt,
             error: error.clone(),
@@ -610,7 +686,7 @@ impl Driver {
                 ..NodeUpdate::new(&key, NodeState::Pending)
             }));
             self.carry.push_event(EventBody::NodeRetrying {
-                node_id: key.node_id.clone(),
+                node_id: key.node_id.to_string(),
                 iteration: key.iteration,
                 attempt: attempt + 1,
                 delay_ms: delay,
@@ -622,7 +698,8 @@ impl Driver {
                 ..NodeUpdate::new(&key, NodeState::Failed)
             }));
         }
-        self.trigger = json!({ "reason": "task-failed", "nodeId": key.node_id, "iteration": key.iteration });
+        self.trigger =
+            json!({ "reason": "task-failed", "nodeId": &*key.node_id, "iteration": key.iteration });
     }
 
     /// Re-reads decisions and signals after outside input.
@@ -639,7 +716,8 @@ impl Driver {
             // Decisions reset approval nodes to pending; keep everything else
             // (the driver's own view is newer than the database's).
             if status.state == Some(NodeState::Pending)
-                && self.state.nodes.get(&key).and_then(|s| s.state) == Some(NodeState::WaitingApproval)
+                && self.state.nodes.get(&key).and_then(|s| s.state)
+                    == Some(NodeState::WaitingApproval)
             {
                 self.state.node_mut(&key).state = Some(NodeState::Pending);
             }
@@ -656,7 +734,10 @@ impl Driver {
             Blocked::Event => RunStatus::WaitingEvent,
         };
         let step = Commit::new(self.run_id.clone())
-            .op(Op::SetRunStatus { status, error: None })
+            .op(Op::SetRunStatus {
+                status,
+                error: None,
+            })
             .event(EventBody::RunStatusChanged { status });
         if !self.commit(step).await? {
             return Ok(true);
@@ -714,7 +795,7 @@ impl Driver {
             });
             step.push_op(node_op(&key, NodeState::Cancelled));
             step.push_event(EventBody::NodeCancelled {
-                node_id: key.node_id.clone(),
+                node_id: key.node_id.to_string(),
                 iteration: key.iteration,
                 attempt: Some(inflight.attempt),
                 reason: "run-failed".into(),

@@ -89,11 +89,19 @@ pub enum Change {
     /// A task is skipped (`skip-if`).
     Skip(NodeKey),
     /// A decided approval completes its node with the decision as output.
-    FinishApproval { key: NodeKey, output: String, skipped: bool },
+    FinishApproval {
+        key: NodeKey,
+        output: String,
+        skipped: bool,
+    },
     /// A denied approval with `on-deny: fail` fails its node.
     FailApproval { key: NodeKey, error: ErrorInfo },
     /// A signal is consumed by a waiting node; its payload becomes the output.
-    ConsumeSignal { key: NodeKey, seq: u64, payload: String },
+    ConsumeSignal {
+        key: NodeKey,
+        seq: u64,
+        payload: String,
+    },
     /// A loop moves on to `iteration`.
     AdvanceLoop { loop_id: String, iteration: u32 },
     /// A loop is complete.
@@ -173,7 +181,10 @@ struct Planner<'a> {
 
 /// Plans the next step.
 pub fn plan(tree: &Tree, view: &View<'_>) -> Plan {
-    let run_budget = view.max_concurrency.max(1).saturating_sub(view.inflight.len() as u32);
+    let run_budget = view
+        .max_concurrency
+        .max(1)
+        .saturating_sub(view.inflight.len() as u32);
     let mut planner = Planner {
         tree,
         view,
@@ -208,12 +219,15 @@ impl Planner<'_> {
     fn iteration_of(&self, position: usize) -> u32 {
         self.tree.nodes[position]
             .enclosing_loop
-            .and_then(|l| self.view.loops.get(&self.tree.nodes[l].id))
+            .and_then(|l| self.view.loops.get(&*self.tree.nodes[l].id))
             .map_or(0, |s| s.iteration)
     }
 
     fn key(&self, position: usize) -> NodeKey {
-        NodeKey::new(self.tree.nodes[position].id.clone(), self.iteration_of(position))
+        NodeKey::new(
+            self.tree.nodes[position].id.clone(),
+            self.iteration_of(position),
+        )
     }
 
     fn node(&mut self, position: usize) -> Status {
@@ -259,18 +273,22 @@ impl Planner<'_> {
         let Kind::Loop(spec) = &node.kind else {
             unreachable!("loop() is only called on loops")
         };
-        let state = self.view.loops.get(&node.id).copied().unwrap_or_default();
+        let state = self.view.loops.get(&*node.id).copied().unwrap_or_default();
         if state.done {
             return Status::Done;
         }
         if spec.until {
             self.plan.changes.push(Change::CompleteLoop {
-                loop_id: node.id.clone(),
+                loop_id: node.id.to_string(),
                 iteration: state.iteration,
             });
             return Status::Active;
         }
-        let (id, max, on_max) = (node.id.clone(), spec.max_iterations, spec.on_max_reached);
+        let (id, max, on_max) = (
+            node.id.to_string(),
+            spec.max_iterations,
+            spec.on_max_reached,
+        );
         let children = node.children.clone();
         match self.sequence(&children) {
             Status::Done => {
@@ -327,7 +345,7 @@ impl Planner<'_> {
                 let error = status.error.unwrap_or_else(|| {
                     ErrorInfo::new("TASK_FAILED", format!("task {} failed", key.node_id))
                 });
-                return Status::Failed(error.for_node(key.node_id));
+                return Status::Failed(error.for_node(&*key.node_id));
             }
             _ => {}
         }
@@ -365,7 +383,7 @@ impl Planner<'_> {
                 let error = status
                     .error
                     .unwrap_or_else(|| ErrorInfo::new("APPROVAL_DENIED", "approval denied"));
-                return Status::Failed(error.for_node(key.node_id));
+                return Status::Failed(error.for_node(&*key.node_id));
             }
             _ => {}
         }
@@ -395,7 +413,7 @@ impl Planner<'_> {
                             None => format!("approval {} was denied", key.node_id),
                         },
                     )
-                    .for_node(key.node_id.clone()),
+                    .for_node(key.node_id.to_string()),
                     key,
                 },
             };
@@ -510,7 +528,10 @@ mod tests {
     }
 
     fn started(plan: &Plan) -> Vec<String> {
-        plan.starts.iter().map(|s| s.key.node_id.clone()).collect()
+        plan.starts
+            .iter()
+            .map(|s| s.key.node_id.to_string())
+            .collect()
     }
 
     fn seq3() -> Vec<Node> {
@@ -558,7 +579,9 @@ mod tests {
     fn failure_fails_the_run_unless_continue_on_fail() {
         let mut f = Fixture::new();
         f.set("a", 0, NodeState::Failed);
-        assert!(matches!(f.plan(seq3()).outcome, Outcome::Failed(e) if e.node_id.as_deref() == Some("a")));
+        assert!(
+            matches!(f.plan(seq3()).outcome, Outcome::Failed(e) if e.node_id.as_deref() == Some("a"))
+        );
         let mut wire = seq3();
         if let NodeKind::Task(o) = &mut wire[1].kind {
             o.continue_on_fail = true;
@@ -616,7 +639,11 @@ mod tests {
         assert_eq!(plan.blocked, Some(Blocked::Approval));
         assert_eq!(plan.request_approvals.len(), 1);
         f.set("gate", 0, NodeState::WaitingApproval);
-        assert!(f.plan(approval_flow(OnDeny::Fail)).request_approvals.is_empty());
+        assert!(
+            f.plan(approval_flow(OnDeny::Fail))
+                .request_approvals
+                .is_empty()
+        );
         f.decisions.insert(
             NodeKey::new("gate", 0),
             Decision {
@@ -626,9 +653,14 @@ mod tests {
             },
         );
         let plan = f.plan(approval_flow(OnDeny::Fail));
-        assert!(matches!(&plan.changes[0], Change::FailApproval { error, .. } if error.code == "APPROVAL_DENIED"));
+        assert!(
+            matches!(&plan.changes[0], Change::FailApproval { error, .. } if error.code == "APPROVAL_DENIED")
+        );
         let plan = f.plan(approval_flow(OnDeny::Skip));
-        assert!(matches!(&plan.changes[0], Change::FinishApproval { skipped: true, .. }));
+        assert!(matches!(
+            &plan.changes[0],
+            Change::FinishApproval { skipped: true, .. }
+        ));
     }
 
     #[test]
@@ -687,7 +719,13 @@ mod tests {
                 iteration: 1
             }]
         );
-        f.loops.insert("refine".into(), LoopStatus { iteration: 2, done: false });
+        f.loops.insert(
+            "refine".into(),
+            LoopStatus {
+                iteration: 2,
+                done: false,
+            },
+        );
         f.set("draft", 2, NodeState::Finished);
         assert!(matches!(
             f.plan(refine(false, OnMaxReached::Fail)).outcome,

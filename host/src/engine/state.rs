@@ -10,26 +10,46 @@ use crate::runtime::{LoopState, Output, RenderContext};
 use crate::store::RunSnapshot;
 
 /// Everything the scheduler and the render context need.
-#[derive(Debug, Default)]
+///
+/// The render context is kept up to date as outputs and loops change, rather
+/// than rebuilt (and its outputs re-sorted) before every render.
+#[derive(Debug)]
 pub struct RunState {
     pub nodes: HashMap<NodeKey, NodeStatus>,
     pub loops: HashMap<String, LoopStatus>,
     pub decisions: HashMap<NodeKey, Decision>,
     pub signals: Vec<PendingSignal>,
     pub frame_no: u64,
-    pub input_json: String,
-    pub auth_json: Option<String>,
+    ctx: RenderContext,
 }
 
 impl RunState {
+    /// The state of a run that has not done anything yet.
+    pub fn new(run_id: &str, input_json: String, auth_json: Option<String>) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            loops: HashMap::new(),
+            decisions: HashMap::new(),
+            signals: Vec::new(),
+            frame_no: 0,
+            ctx: RenderContext {
+                run_id: run_id.to_string(),
+                input: input_json,
+                outputs: Vec::new(),
+                loops: Vec::new(),
+                auth: auth_json,
+            },
+        }
+    }
+
     /// Rebuilds the state of a run from its rows.
     pub fn from_snapshot(snapshot: &RunSnapshot) -> Self {
-        let mut state = Self {
-            frame_no: snapshot.run.last_frame_no,
-            input_json: snapshot.run.input_json.clone(),
-            auth_json: snapshot.run.auth_json.clone(),
-            ..Self::default()
-        };
+        let mut state = Self::new(
+            snapshot.run.run_id.as_str(),
+            snapshot.run.input_json.clone(),
+            snapshot.run.auth_json.clone(),
+        );
+        state.frame_no = snapshot.run.last_frame_no;
         for row in &snapshot.nodes {
             state.nodes.insert(
                 row.key.clone(),
@@ -46,13 +66,7 @@ impl RunState {
             );
         }
         for (loop_id, iteration, done) in &snapshot.loops {
-            state.loops.insert(
-                loop_id.clone(),
-                LoopStatus {
-                    iteration: *iteration,
-                    done: *done,
-                },
-            );
+            state.set_loop(loop_id, *iteration, *done);
         }
         for approval in &snapshot.approvals {
             if approval.status == ApprovalStatus::Requested {
@@ -77,6 +91,19 @@ impl RunState {
                 payload: s.payload_json.clone(),
             })
             .collect();
+        let mut outputs: Vec<Output> = state
+            .nodes
+            .iter()
+            .filter_map(|(key, status)| {
+                status.output.as_ref().map(|value| Output {
+                    node_id: key.node_id.to_string(),
+                    iteration: key.iteration,
+                    value: value.clone(),
+                })
+            })
+            .collect();
+        outputs.sort_by(|a, b| (&a.node_id, a.iteration).cmp(&(&b.node_id, b.iteration)));
+        state.ctx.outputs = outputs;
         state
     }
 
@@ -96,35 +123,46 @@ impl RunState {
         reopened
     }
 
-    /// The context `render` and `run-task` see.
-    pub fn render_context(&self, run_id: &str) -> RenderContext {
-        let mut outputs: Vec<Output> = self
-            .nodes
-            .iter()
-            .filter_map(|(key, status)| {
-                status.output.as_ref().map(|value| Output {
-                    node_id: key.node_id.clone(),
+    /// The context `render` and `run-task` see (outputs sorted by node id,
+    /// then iteration).
+    pub fn render_context(&self) -> &RenderContext {
+        &self.ctx
+    }
+
+    /// Records a node's committed output.
+    pub fn set_output(&mut self, key: &NodeKey, value: String) {
+        self.node_mut(key).output = Some(value.clone());
+        let outputs = &mut self.ctx.outputs;
+        let at = outputs.binary_search_by(|o| {
+            (o.node_id.as_str(), o.iteration).cmp(&(&*key.node_id, key.iteration))
+        });
+        match at {
+            Ok(at) => outputs[at].value = value,
+            Err(at) => outputs.insert(
+                at,
+                Output {
+                    node_id: key.node_id.to_string(),
                     iteration: key.iteration,
-                    value: value.clone(),
-                })
-            })
-            .collect();
-        outputs.sort_by(|a, b| (&a.node_id, a.iteration).cmp(&(&b.node_id, b.iteration)));
-        let mut loops: Vec<LoopState> = self
-            .loops
-            .iter()
-            .map(|(id, s)| LoopState {
-                loop_id: id.clone(),
-                iteration: s.iteration,
-            })
-            .collect();
-        loops.sort_by(|a, b| a.loop_id.cmp(&b.loop_id));
-        RenderContext {
-            run_id: run_id.to_string(),
-            input: self.input_json.clone(),
-            outputs,
-            loops,
-            auth: self.auth_json.clone(),
+                    value,
+                },
+            ),
+        }
+    }
+
+    /// Records a loop's iteration and completion.
+    pub fn set_loop(&mut self, loop_id: &str, iteration: u32, done: bool) {
+        self.loops
+            .insert(loop_id.to_string(), LoopStatus { iteration, done });
+        let loops = &mut self.ctx.loops;
+        match loops.iter_mut().find(|l| l.loop_id == loop_id) {
+            Some(state) => state.iteration = iteration,
+            None => {
+                loops.push(LoopState {
+                    loop_id: loop_id.to_string(),
+                    iteration,
+                });
+                loops.sort_by(|a, b| a.loop_id.cmp(&b.loop_id));
+            }
         }
     }
 

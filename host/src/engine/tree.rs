@@ -2,6 +2,7 @@
 //! a frame in Smithers' canonical element shape.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -54,7 +55,7 @@ pub enum Kind {
 /// One node with its children.
 #[derive(Debug, Clone)]
 pub struct TreeNode {
-    pub id: String,
+    pub id: Arc<str>,
     pub kind: Kind,
     pub children: Vec<usize>,
     /// Id of the loop this node is inside, if any.
@@ -106,7 +107,10 @@ impl Tree {
                 }),
                 NodeKind::WaitForSignal(name) => {
                     if name.is_empty() {
-                        return Err(format!("signal node {:?} has an empty signal name", node.id));
+                        return Err(format!(
+                            "signal node {:?} has an empty signal name",
+                            node.id
+                        ));
                     }
                     Kind::Signal(name)
                 }
@@ -134,7 +138,10 @@ impl Tree {
                             node.id
                         ));
                     };
-                    if !matches!(parent_node.kind, Kind::Sequence | Kind::Parallel(_) | Kind::Loop(_)) {
+                    if !matches!(
+                        parent_node.kind,
+                        Kind::Sequence | Kind::Parallel(_) | Kind::Loop(_)
+                    ) {
                         return Err(format!(
                             "node {:?} has parent {:?}, which cannot have children",
                             node.id, parent_node.id
@@ -149,10 +156,13 @@ impl Tree {
                 }
             }
             if matches!(kind, Kind::Loop(_)) && enclosing_loop.is_some() {
-                return Err(format!("loop {:?} is nested in another loop, which is not supported", node.id));
+                return Err(format!(
+                    "loop {:?} is nested in another loop, which is not supported",
+                    node.id
+                ));
             }
             nodes.push(TreeNode {
-                id: node.id,
+                id: node.id.into(),
                 kind,
                 children: Vec::new(),
                 enclosing_loop,
@@ -163,12 +173,16 @@ impl Tree {
 
     /// The node with this id, if the tree has one.
     pub fn node(&self, id: &str) -> Option<&TreeNode> {
-        self.nodes.iter().find(|n| n.id == id)
+        self.nodes.iter().find(|n| &*n.id == id)
     }
 
     /// The canonical JSON of the tree (Smithers' `xmlJson` element shape),
-    /// its task index, and the sha256 of the JSON.
-    pub fn frame(&self, workflow_name: &str, iteration_of: impl Fn(usize) -> u32) -> (String, String, String) {
+    /// its task index, and the sha256 of both.
+    pub fn frame(
+        &self,
+        workflow_name: &str,
+        iteration_of: impl Fn(usize) -> u32,
+    ) -> (String, String, String) {
         let children: Vec<Value> = self.roots.iter().map(|&i| self.element(i)).collect();
         let root = json!({
             "kind": "element",
@@ -187,21 +201,27 @@ impl Tree {
                 _ => continue,
             };
             index.push(json!({
-                "nodeId": node.id,
+                "nodeId": &*node.id,
                 "ordinal": ordinal,
                 "iteration": iteration_of(position),
                 "kind": kind,
             }));
             ordinal += 1;
         }
-        let hash = hex::encode(Sha256::digest(tree_json.as_bytes()));
-        (tree_json, Value::Array(index).to_string(), hash)
+        let task_index_json = Value::Array(index).to_string();
+        // The hash identifies the stored frame content, which includes the
+        // task index (its iterations change as loops advance).
+        let mut digest = Sha256::new();
+        digest.update(tree_json.as_bytes());
+        digest.update(b"\n");
+        digest.update(task_index_json.as_bytes());
+        (tree_json, task_index_json, hex::encode(digest.finalize()))
     }
 
     fn element(&self, position: usize) -> Value {
         let node = &self.nodes[position];
         let mut props = Map::new();
-        props.insert("id".into(), Value::String(node.id.clone()));
+        props.insert("id".into(), Value::String(node.id.to_string()));
         let tag = match &node.kind {
             Kind::Task(spec) => {
                 if let Some(label) = &spec.label {
@@ -239,7 +259,10 @@ impl Tree {
                 "smithers:parallel"
             }
             Kind::Loop(spec) => {
-                props.insert("maxIterations".into(), spec.max_iterations.to_string().into());
+                props.insert(
+                    "maxIterations".into(),
+                    spec.max_iterations.to_string().into(),
+                );
                 props.insert("until".into(), spec.until.to_string().into());
                 "smithers:loop"
             }
@@ -283,12 +306,24 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_duplicates_forward_parents_leaf_parents_and_nested_loops() {
-        let dup = vec![container("s", None, NodeKind::Sequence), task("a", Some(0)), task("a", Some(0))];
+        let dup = vec![
+            container("s", None, NodeKind::Sequence),
+            task("a", Some(0)),
+            task("a", Some(0)),
+        ];
         assert!(Tree::from_wire(dup).unwrap_err().contains("duplicate"));
         let forward = vec![task("a", Some(1)), container("s", None, NodeKind::Sequence)];
-        assert!(Tree::from_wire(forward).unwrap_err().contains("does not precede"));
+        assert!(
+            Tree::from_wire(forward)
+                .unwrap_err()
+                .contains("does not precede")
+        );
         let leaf_parent = vec![task("a", None), task("b", Some(0))];
-        assert!(Tree::from_wire(leaf_parent).unwrap_err().contains("cannot have children"));
+        assert!(
+            Tree::from_wire(leaf_parent)
+                .unwrap_err()
+                .contains("cannot have children")
+        );
         let lp = |id: &str, parent| {
             container(
                 id,
@@ -300,13 +335,23 @@ pub(crate) mod tests {
                 }),
             )
         };
-        let nested = vec![lp("outer", None), container("s", Some(0), NodeKind::Sequence), lp("inner", Some(1))];
+        let nested = vec![
+            lp("outer", None),
+            container("s", Some(0), NodeKind::Sequence),
+            lp("inner", Some(1)),
+        ];
         assert!(Tree::from_wire(nested).unwrap_err().contains("nested"));
     }
 
     #[test]
     fn frames_are_canonical_and_hash_stable() {
-        let wire = || vec![container("s", None, NodeKind::Sequence), task("a", Some(0)), task("b", Some(0))];
+        let wire = || {
+            vec![
+                container("s", None, NodeKind::Sequence),
+                task("a", Some(0)),
+                task("b", Some(0)),
+            ]
+        };
         let (json1, index1, hash1) = Tree::from_wire(wire()).unwrap().frame("wf", |_| 0);
         let (json2, _, hash2) = Tree::from_wire(wire()).unwrap().frame("wf", |_| 0);
         assert_eq!(json1, json2);

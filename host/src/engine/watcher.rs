@@ -32,14 +32,15 @@ impl Engine {
     /// host has built when their sources change.
     pub fn watch(&self, dev: bool) -> Result<WatchGuard, notify::Error> {
         let (tx, rx) = mpsc::unbounded_channel::<PathBuf>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
-                for path in event.paths {
-                    let _ = tx.send(path);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
+                    for path in event.paths {
+                        let _ = tx.send(path);
+                    }
                 }
-            }
-        })?;
+            })?;
         watcher.watch(self.root_dir(), RecursiveMode::Recursive)?;
         let engine = self.clone();
         tokio::spawn(async move { engine.precompile_loop(rx, dev).await });
@@ -75,11 +76,15 @@ impl Engine {
     }
 
     async fn precompile(&self, path: &Path) {
-        let Ok(meta) = tokio::fs::metadata(path).await else { return };
+        let Ok(meta) = tokio::fs::metadata(path).await else {
+            return;
+        };
         if !meta.is_file() || meta.len() > MAX_PRECOMPILE_BYTES {
             return;
         }
-        let Ok(bytes) = tokio::fs::read(path).await else { return };
+        let Ok(bytes) = tokio::fs::read(path).await else {
+            return;
+        };
         match self.runtime().load(bytes).await {
             Ok(loaded) => tracing::info!(
                 path = %path.display(),
@@ -88,14 +93,18 @@ impl Engine {
                 compile_ms = loaded.compile_ms,
                 "precompiled changed workflow"
             ),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "changed workflow does not load"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "changed workflow does not load")
+            }
         }
     }
 
     async fn rebuild(&self, krate: &Path) {
         match self.inner.builder.build(krate).await {
             Ok(component) => self.precompile(&component).await,
-            Err(e) => tracing::warn!(krate = %krate.display(), error = %e, "guest crate does not build"),
+            Err(e) => {
+                tracing::warn!(krate = %krate.display(), error = %e, "guest crate does not build")
+            }
         }
     }
 }
@@ -120,7 +129,10 @@ mod tests {
     fn only_components_outside_build_output_are_precompiled() {
         let root = Path::new("/tmp/.tmpXyZ/proj");
         assert!(is_component(root, &root.join("flows/a.wasm")));
-        assert!(!is_component(root, &root.join("flows/target/wasm32-wasip2/release/a.wasm")));
+        assert!(!is_component(
+            root,
+            &root.join("flows/target/wasm32-wasip2/release/a.wasm")
+        ));
         assert!(!is_component(root, &root.join(".git/a.wasm")));
         assert!(!is_component(root, &root.join("flows/a.rs")));
         assert!(!is_component(root, Path::new("/elsewhere/a.wasm")));

@@ -217,7 +217,7 @@ fn run_facts(r: &Reader<'_>, run: &RunRow) -> Result<RunFacts, StoreError> {
                 .nodes(&run.run_id)?
                 .into_iter()
                 .find(|n| n.state == NodeState::WaitingEvent)
-                .map(|n| n.key.node_id);
+                .map(|n| n.key.node_id.to_string());
         }
         _ => {}
     }

@@ -5,6 +5,9 @@ wasmtime::component::bindgen!({
     world: "workflow",
     imports: { default: async },
     exports: { default: async },
+    // Lets the engine notice that a render returned the same tree as the
+    // previous one and reuse its frame instead of re-serializing it.
+    additional_derives: [PartialEq],
 });
 
 pub use smithers::workflow::tools;

@@ -137,7 +137,9 @@ impl GuestBuilder {
             };
             match message.get("reason").and_then(Value::as_str) {
                 Some("compiler-message") => {
-                    if let Some(rendered) = message.pointer("/message/rendered").and_then(Value::as_str) {
+                    if let Some(rendered) =
+                        message.pointer("/message/rendered").and_then(Value::as_str)
+                    {
                         messages.push(rendered.to_string());
                     }
                 }
@@ -165,7 +167,15 @@ impl GuestBuilder {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let mut text = messages.join("\n");
             if text.trim().is_empty() {
-                text = stderr.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                text = stderr
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
             }
             return Err(BuildError::Compile {
                 krate: crate_dir.display().to_string(),
@@ -183,7 +193,13 @@ async fn ensure_target_installed() -> Result<(), BuildError> {
         .output()
         .await;
     match listed {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == GUEST_TARGET) => Ok(()),
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == GUEST_TARGET) =>
+        {
+            Ok(())
+        }
         Ok(_) => {
             tracing::info!("installing the {GUEST_TARGET} target with rustup");
             let status = Command::new("rustup")

@@ -103,7 +103,7 @@ impl ComponentCache {
         }
     }
 
-    fn from_memory(&self, hash: &ComponentHash) -> Option<Component> {
+    fn in_memory(&self, hash: &ComponentHash) -> Option<Component> {
         let mut entries = self.entries.lock().expect("cache lock");
         entries.get(hash).map(|e| e.component.clone())
     }
@@ -127,7 +127,7 @@ impl ComponentCache {
         hash: &ComponentHash,
         bytes: Vec<u8>,
     ) -> Result<(Component, LoadSource, u64), LoadError> {
-        if let Some(component) = self.from_memory(hash) {
+        if let Some(component) = self.in_memory(hash) {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((component, LoadSource::Memory, 0));
         }
@@ -147,7 +147,7 @@ impl ComponentCache {
         bytes: Vec<u8>,
     ) -> Result<(Component, LoadSource, u64), LoadError> {
         // Someone else may have finished while we waited for our turn.
-        if let Some(component) = self.from_memory(hash) {
+        if let Some(component) = self.in_memory(hash) {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((component, LoadSource::Memory, 0));
         }
@@ -190,7 +190,9 @@ impl ComponentCache {
                         tracing::warn!(%hash, error = %e, "cannot write the compiled-code cache");
                     }
                 }
-                Err(e) => tracing::warn!(%hash, error = %e, "cannot serialize a compiled component"),
+                Err(e) => {
+                    tracing::warn!(%hash, error = %e, "cannot serialize a compiled component")
+                }
             });
         }
         self.insert(hash, &component);
@@ -229,7 +231,11 @@ fn engine_fingerprint(engine: &Engine) -> String {
 }
 
 /// Reads and checks a cache entry. `Ok(None)`: no entry. `Err`: unusable.
-fn read_entry(engine: &Engine, path: &Path, hash: &ComponentHash) -> Result<Option<Component>, String> {
+fn read_entry(
+    engine: &Engine,
+    path: &Path,
+    hash: &ComponentHash,
+) -> Result<Option<Component>, String> {
     let raw = match std::fs::read(path) {
         Ok(raw) => raw,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -260,7 +266,8 @@ fn read_entry(engine: &Engine, path: &Path, hash: &ComponentHash) -> Result<Opti
     // atomically into the host's private state dir, and their sha256 matches
     // the header written alongside them; wasmtime additionally checks the
     // format and engine compatibility before using them.
-    let component = unsafe { Component::deserialize(engine, body) }.map_err(|e| format!("{e:#}"))?;
+    let component =
+        unsafe { Component::deserialize(engine, body) }.map_err(|e| format!("{e:#}"))?;
     Ok(Some(component))
 }
 

@@ -46,15 +46,20 @@ impl ToolContext {
 fn unavailable_in_render() -> ToolError {
     ToolError {
         code: "TOOL_UNAVAILABLE".into(),
-        message: "tools can only be used inside tasks: render must be a pure function of its context"
-            .into(),
+        message:
+            "tools can only be used inside tasks: render must be a pure function of its context"
+                .into(),
     }
 }
 
 impl super::bindings::types::Host for HostState {}
 
 impl Host for HostState {
-    async fn bash(&mut self, command: String, options: BashOptions) -> Result<BashResult, ToolError> {
+    async fn bash(
+        &mut self,
+        command: String,
+        options: BashOptions,
+    ) -> Result<BashResult, ToolError> {
         let Some(tools) = self.tools.as_mut() else {
             return Err(unavailable_in_render());
         };
@@ -149,7 +154,9 @@ impl Host for HostState {
         // never be surprised.
         let text = match serde_json::from_str::<serde_json::Value>(&data) {
             Ok(_) => data,
-            Err(e) => serde_json::json!({ "invalidJson": data, "error": e.to_string() }).to_string(),
+            Err(e) => {
+                serde_json::json!({ "invalidJson": data, "error": e.to_string() }).to_string()
+            }
         };
         let _ = tools.events.send(EventBody::NodeOutput {
             node_id: tools.node_id.clone(),

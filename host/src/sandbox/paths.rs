@@ -82,24 +82,45 @@ mod tests {
             resolve_lexically(root, "a/./b").unwrap(),
             PathBuf::from("/srv/proj/a/b")
         );
-        assert_eq!(resolve_lexically(root, ".").unwrap(), PathBuf::from("/srv/proj"));
+        assert_eq!(
+            resolve_lexically(root, ".").unwrap(),
+            PathBuf::from("/srv/proj")
+        );
     }
 
     #[test]
     fn dot_dot_and_foreign_absolute_paths_escape() {
         let root = Path::new("/srv/proj");
-        assert!(matches!(resolve_lexically(root, "../x"), Err(PathError::Escape(_))));
-        assert!(matches!(resolve_lexically(root, "a/../../x"), Err(PathError::Escape(_))));
-        assert!(matches!(resolve_lexically(root, "/etc/passwd"), Err(PathError::Escape(_))));
-        assert!(matches!(resolve_lexically(root, "/srv/projector"), Err(PathError::Escape(_))));
+        assert!(matches!(
+            resolve_lexically(root, "../x"),
+            Err(PathError::Escape(_))
+        ));
+        assert!(matches!(
+            resolve_lexically(root, "a/../../x"),
+            Err(PathError::Escape(_))
+        ));
+        assert!(matches!(
+            resolve_lexically(root, "/etc/passwd"),
+            Err(PathError::Escape(_))
+        ));
+        assert!(matches!(
+            resolve_lexically(root, "/srv/projector"),
+            Err(PathError::Escape(_))
+        ));
         assert!(resolve_lexically(root, "/srv/proj/a/../b").is_ok());
     }
 
     #[test]
     fn empty_and_nul_paths_are_invalid() {
         let root = Path::new("/srv/proj");
-        assert!(matches!(resolve_lexically(root, ""), Err(PathError::Invalid(_))));
-        assert!(matches!(resolve_lexically(root, "a\0b"), Err(PathError::Invalid(_))));
+        assert!(matches!(
+            resolve_lexically(root, ""),
+            Err(PathError::Invalid(_))
+        ));
+        assert!(matches!(
+            resolve_lexically(root, "a\0b"),
+            Err(PathError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -109,8 +130,17 @@ mod tests {
         let root = std::fs::canonicalize(root_dir.path()).unwrap();
         std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
         std::fs::create_dir(root.join("inside")).unwrap();
-        assert!(matches!(resolve_existing(&root, "link"), Err(PathError::Escape(_))));
-        assert_eq!(resolve_existing(&root, "inside").unwrap(), root.join("inside"));
-        assert!(matches!(resolve_existing(&root, "missing"), Err(PathError::NotFound(_))));
+        assert!(matches!(
+            resolve_existing(&root, "link"),
+            Err(PathError::Escape(_))
+        ));
+        assert_eq!(
+            resolve_existing(&root, "inside").unwrap(),
+            root.join("inside")
+        );
+        assert!(matches!(
+            resolve_existing(&root, "missing"),
+            Err(PathError::NotFound(_))
+        ));
     }
 }

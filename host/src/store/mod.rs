@@ -10,6 +10,7 @@
 //! beside the writer). The store knows nothing about scheduling: it records
 //! what the engine decided and answers queries.
 
+mod checkpointer;
 mod hub;
 mod read;
 mod schema;
@@ -156,18 +157,15 @@ pub enum Op {
     /// Marks every in-progress attempt of the run `cancelled` and resets its
     /// node to `pending`: the attempts a crash interrupted will be retried.
     AbandonInterruptedAttempts,
-    /// Stores a frame (and its tree, once per distinct tree).
-    InsertFrame {
-        /// Frame number.
-        frame_no: u64,
-        /// sha256 of `tree_json`.
+    /// Stores a frame's tree (canonical JSON and task index) under its hash,
+    /// once per distinct tree. The frame itself is its `FrameCommitted` event.
+    StoreTree {
+        /// sha256 of the canonical tree JSON.
         tree_hash: String,
         /// Canonical tree JSON.
         tree_json: String,
         /// Task index JSON.
         task_index_json: String,
-        /// Trigger JSON.
-        trigger_json: String,
     },
     /// Inserts a `requested` approval (no-op if one exists for the key).
     RequestApproval {
@@ -339,6 +337,7 @@ pub struct Store {
 struct Inner {
     writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<checkpointer::Checkpointer>>,
     readers: read::ReadPool,
     hub: EventHub,
 }
@@ -348,6 +347,7 @@ impl Store {
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = schema::open_writer(path, durability)?;
         let readers = read::ReadPool::open(path, 4)?;
+        let checkpointer = checkpointer::Checkpointer::start(path)?;
         let hub = EventHub::default();
         let (tx, rx) = std::sync::mpsc::channel::<WriteRequest>();
         let thread_hub = hub.clone();
@@ -359,6 +359,7 @@ impl Store {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(handle)),
+                checkpointer: Mutex::new(Some(checkpointer)),
                 readers,
                 hub,
             }),
@@ -420,6 +421,15 @@ impl Store {
         self.inner.writer.lock().expect("writer lock").take();
         if let Some(handle) = self.inner.writer_thread.lock().expect("thread lock").take() {
             let _ = handle.join();
+        }
+        if let Some(checkpointer) = self
+            .inner
+            .checkpointer
+            .lock()
+            .expect("checkpointer lock")
+            .take()
+        {
+            checkpointer.stop();
         }
     }
 }

@@ -89,17 +89,21 @@ pub struct RunRow {
     /// Who started the run (JSON text).
     #[serde(skip)]
     pub auth_json: Option<String>,
-    /// Highest stored frame number.
+    /// Highest frame number committed.
     #[serde(skip)]
     pub last_frame_no: u64,
-    /// Next event seq.
+    /// Next event seq (number of events).
     #[serde(skip)]
     pub next_seq: u64,
 }
 
-const RUN_COLUMNS: &str = "run_id, workflow_name, workflow_path, workflow_hash, status, created_at_ms,
+const RUN_COLUMNS: &str =
+    "run_id, workflow_name, workflow_path, workflow_hash, status, created_at_ms,
     started_at_ms, finished_at_ms, heartbeat_at_ms, owner_id, error_json, config_json,
-    cancel_requested_at_ms, input_json, auth_json, last_frame_no, next_seq";
+    cancel_requested_at_ms, input_json, auth_json,
+    (SELECT COALESCE(MAX(json_extract(payload_json, '$.frameNo')), 0) FROM events
+        WHERE events.run_id = runs.run_id AND type = 'FrameCommitted'),
+    (SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE events.run_id = runs.run_id)";
 
 fn run_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     let status: String = row.get(4)?;
@@ -333,9 +337,9 @@ impl Reader<'_> {
 
     /// Counts of node states.
     pub fn node_summary(&self, run_id: &RunId) -> Result<NodeSummary, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT state, COUNT(*) FROM nodes WHERE run_id = ?1 GROUP BY state",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM nodes WHERE run_id = ?1 GROUP BY state")?;
         let rows = stmt
             .query_map([run_id.as_str()], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
@@ -423,7 +427,8 @@ impl Reader<'_> {
         }))
     }
 
-    /// Frames newest first, optionally only those after `after_frame_no`.
+    /// Frames newest first, optionally only those after `after_frame_no`:
+    /// the run's `FrameCommitted` events joined with their stored trees.
     pub fn frames(
         &self,
         run_id: &RunId,
@@ -431,10 +436,14 @@ impl Reader<'_> {
         after_frame_no: Option<i64>,
     ) -> Result<Vec<FrameRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT f.frame_no, f.created_at_ms, f.tree_hash, f.trigger_json, t.tree_json, t.task_index_json
-             FROM frames f JOIN frame_trees t ON t.tree_hash = f.tree_hash
-             WHERE f.run_id = ?1 AND (?2 IS NULL OR f.frame_no > ?2)
-             ORDER BY f.frame_no DESC LIMIT ?3",
+            "SELECT f.frame_no, f.timestamp_ms, f.tree_hash, f.trigger_json, t.tree_json, t.task_index_json
+             FROM (SELECT json_extract(payload_json, '$.frameNo') AS frame_no, timestamp_ms,
+                          json_extract(payload_json, '$.xmlHash') AS tree_hash,
+                          json(json_extract(payload_json, '$.trigger')) AS trigger_json, seq
+                   FROM events WHERE run_id = ?1 AND type = 'FrameCommitted') f
+             JOIN frame_trees t ON t.tree_hash = f.tree_hash
+             WHERE ?2 IS NULL OR f.frame_no > ?2
+             ORDER BY f.seq DESC LIMIT ?3",
         )?;
         let rows = stmt
             .query_map(params![run_id.as_str(), after_frame_no, limit], |row| {
@@ -527,23 +536,30 @@ impl Reader<'_> {
     }
 
     /// The approval request of a node, if any.
-    pub fn approval(&self, run_id: &RunId, key: &NodeKey) -> Result<Option<ApprovalRow>, StoreError> {
+    pub fn approval(
+        &self,
+        run_id: &RunId,
+        key: &NodeKey,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
         Ok(self
             .conn
             .prepare_cached(
                 "SELECT status, note, decided_by, request_json FROM approvals
                  WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
             )?
-            .query_row(params![run_id.as_str(), key.node_id, key.iteration], |row| {
-                let status: String = row.get(0)?;
-                Ok(ApprovalRow {
-                    key: key.clone(),
-                    status: ApprovalStatus::parse(&status).unwrap_or(ApprovalStatus::Requested),
-                    note: row.get(1)?,
-                    decided_by: row.get(2)?,
-                    request_json: row.get(3)?,
-                })
-            })
+            .query_row(
+                params![run_id.as_str(), key.node_id, key.iteration],
+                |row| {
+                    let status: String = row.get(0)?;
+                    Ok(ApprovalRow {
+                        key: key.clone(),
+                        status: ApprovalStatus::parse(&status).unwrap_or(ApprovalStatus::Requested),
+                        note: row.get(1)?,
+                        decided_by: row.get(2)?,
+                        request_json: row.get(3)?,
+                    })
+                },
+            )
             .optional()?)
     }
 

@@ -22,9 +22,18 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Keep the WAL from growing without bound under sustained load.
-    conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+    // Checkpoints (which fsync) run on their own thread, off the commit
+    // path; see `checkpointer`. Once reset, the WAL file is trimmed.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens the checkpointer's connection.
+pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
 

@@ -16,7 +16,10 @@ use smithers_host::store::RunRow;
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The `smithers-host` binary under test.
@@ -28,10 +31,16 @@ fn package_names(dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let manifest = entry.path().join("Cargo.toml");
-        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
         let name = text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("name = ").map(|v| v.trim_matches('"').to_string()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("name = ")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
             .expect("package name");
         names.push(name);
     }
@@ -46,13 +55,25 @@ pub fn guests_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let root = workspace_root();
         let target_dir = root.join("target").join("guests");
-        let _ = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).output();
+        let _ = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .output();
         let mut packages = package_names(&root.join("examples"));
         packages.extend(package_names(&root.join("tests/guests")));
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&root)
-            .envs(smithers_host::runtime::build::GUEST_PROFILE_ENV.iter().copied())
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+            .envs(
+                smithers_host::runtime::build::GUEST_PROFILE_ENV
+                    .iter()
+                    .copied(),
+            )
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
             .arg(&target_dir);
         for package in &packages {
             cmd.args(["-p", package]);
@@ -122,7 +143,13 @@ impl TestHost {
 
     pub async fn run(&self, run_id: &RunId) -> RunRow {
         let id = run_id.clone();
-        self.app.engine.store().read(move |r| r.run(&id)).await.unwrap().expect("run exists")
+        self.app
+            .engine
+            .store()
+            .read(move |r| r.run(&id))
+            .await
+            .unwrap()
+            .expect("run exists")
     }
 
     /// Every stored event of a run, as JSON.
@@ -135,16 +162,24 @@ impl TestHost {
             .read(move |r| r.events_after(&id, -1, u32::MAX))
             .await
             .unwrap();
-        rows.iter().map(|e| serde_json::from_str(&e.json).unwrap()).collect()
+        rows.iter()
+            .map(|e| serde_json::from_str(&e.json).unwrap())
+            .collect()
     }
 
     /// Committed output of a node.
     pub async fn output(&self, run_id: &RunId, node: &str, iteration: u32) -> Option<Value> {
         let id = run_id.clone();
-        let nodes = self.app.engine.store().read(move |r| r.nodes(&id)).await.unwrap();
+        let nodes = self
+            .app
+            .engine
+            .store()
+            .read(move |r| r.nodes(&id))
+            .await
+            .unwrap();
         nodes
             .into_iter()
-            .find(|n| n.key.node_id == node && n.key.iteration == iteration)
+            .find(|n| &*n.key.node_id == node && n.key.iteration == iteration)
             .and_then(|n| n.output_json)
             .map(|o| serde_json::from_str(&o).unwrap())
     }

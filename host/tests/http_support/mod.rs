@@ -487,7 +487,7 @@ pub async fn output_after_stop(root: &Path, state: &Path, run: &str, node: &str)
         .unwrap();
     let output = nodes
         .into_iter()
-        .find(|n| n.key.node_id == node)
+        .find(|n| &*n.key.node_id == node)
         .and_then(|n| n.output_json)
         .map(|o| serde_json::from_str(&o).unwrap());
     app.close().await;

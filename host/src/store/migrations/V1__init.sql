@@ -17,9 +17,7 @@ CREATE TABLE runs (
     owner_id               TEXT,
     error_json             TEXT,
     cancel_requested_at_ms INTEGER,
-    next_seq               INTEGER NOT NULL DEFAULT 0,
-    next_signal_seq        INTEGER NOT NULL DEFAULT 0,
-    last_frame_no          INTEGER NOT NULL DEFAULT 0
+    next_signal_seq        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX runs_status_heartbeat_idx ON runs (status, heartbeat_at_ms);
 CREATE INDEX runs_created_idx ON runs (created_at_ms);
@@ -32,18 +30,25 @@ CREATE TABLE run_versions (
     PRIMARY KEY (run_id, hash)
 ) WITHOUT ROWID;
 
--- The event log: seq is gap-free per run, assigned inside the writing transaction.
+-- The event log: seq is gap-free per run, assigned inside the writing
+-- transaction (the single writer keeps each run's next seq in memory). A rowid table, because events are appended: SQLite then adds
+-- leaf pages at the right edge instead of rebalancing siblings, which keeps
+-- the pages written per commit (and so commit latency) low.
 CREATE TABLE events (
+    event_id     INTEGER PRIMARY KEY,
     run_id       TEXT NOT NULL,
     seq          INTEGER NOT NULL,
     timestamp_ms INTEGER NOT NULL,
     type         TEXT NOT NULL,
-    payload_json TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
+    payload_json TEXT NOT NULL
+);
+CREATE UNIQUE INDEX events_run_seq_idx ON events (run_id, seq);
 
--- Node state and committed output per (node, loop iteration).
+-- Node state and committed output per (node, loop iteration). Rowid tables
+-- with a unique index on the natural key (as for events): rows are appended,
+-- and only the small index entries land mid-tree.
 CREATE TABLE nodes (
+    node_pk       INTEGER PRIMARY KEY,
     run_id        TEXT NOT NULL,
     node_id       TEXT NOT NULL,
     iteration     INTEGER NOT NULL DEFAULT 0,
@@ -53,11 +58,12 @@ CREATE TABLE nodes (
     label         TEXT,
     output_json   TEXT,
     error_json    TEXT,
-    retry_at_ms   INTEGER,
-    PRIMARY KEY (run_id, node_id, iteration)
-) WITHOUT ROWID;
+    retry_at_ms   INTEGER
+);
+CREATE UNIQUE INDEX nodes_key_idx ON nodes (run_id, node_id, iteration);
 
 CREATE TABLE attempts (
+    attempt_pk     INTEGER PRIMARY KEY,
     run_id         TEXT NOT NULL,
     node_id        TEXT NOT NULL,
     iteration      INTEGER NOT NULL DEFAULT 0,
@@ -66,22 +72,13 @@ CREATE TABLE attempts (
     started_at_ms  INTEGER NOT NULL,
     finished_at_ms INTEGER,
     error_json     TEXT,
-    meta_json      TEXT,
-    PRIMARY KEY (run_id, node_id, iteration, attempt)
-) WITHOUT ROWID;
-CREATE INDEX attempts_state_idx ON attempts (run_id, state);
+    meta_json      TEXT
+);
+CREATE UNIQUE INDEX attempts_key_idx ON attempts (run_id, node_id, iteration, attempt);
 
--- Frames reference their tree by content hash: a static workflow stores its
--- tree once, however many frames it commits.
-CREATE TABLE frames (
-    run_id        TEXT NOT NULL,
-    frame_no      INTEGER NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    tree_hash     TEXT NOT NULL,
-    trigger_json  TEXT NOT NULL,
-    PRIMARY KEY (run_id, frame_no)
-) WITHOUT ROWID;
-
+-- A frame is its FrameCommitted event (frame number, tree hash, trigger);
+-- trees are stored once per distinct content, so a static workflow stores its
+-- tree once however many frames it commits.
 CREATE TABLE frame_trees (
     tree_hash       TEXT PRIMARY KEY,
     tree_json       TEXT NOT NULL,
