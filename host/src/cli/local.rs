@@ -21,13 +21,13 @@ use crate::store::{NodeRow, RunRow};
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// A `.wasm` component or a guest crate directory, under the root dir.
-    workflow: String,
+    pub(super) workflow: String,
     /// Run input: JSON text, or `@path` to read it from a file.
     #[arg(long)]
-    input: Option<String>,
+    pub(super) input: Option<String>,
     /// Id for the new run (default: a random UUID).
     #[arg(long)]
-    run_id: Option<String>,
+    pub(super) run_id: Option<String>,
     /// Print events as NDJSON instead of readable lines.
     #[arg(long)]
     json: bool,
@@ -127,15 +127,37 @@ fn exit_for(e: &EngineError) -> u8 {
     }
 }
 
-/// Reads `@file` or returns the text itself, then parses it as JSON.
-fn json_arg(raw: &str, what: &str) -> Result<Value, u8> {
+/// Reads `@file` or takes the text itself, then parses it as JSON.
+fn read_json(raw: &str, what: &str) -> Result<Value, String> {
     let text = match raw.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| fail(format!("cannot read {what} from {path}: {e}"), EXIT_REFUSED))?,
+            .map_err(|e| format!("cannot read {what} from {path}: {e}"))?,
         None => raw.to_string(),
     };
-    serde_json::from_str(&text)
-        .map_err(|e| fail(format!("{what} is not valid JSON: {e}"), EXIT_REFUSED))
+    serde_json::from_str(&text).map_err(|e| format!("{what} is not valid JSON: {e}"))
+}
+
+/// [`read_json`], reporting a failure on stderr.
+fn json_arg(raw: &str, what: &str) -> Result<Value, u8> {
+    read_json(raw, what).map_err(|e| fail(e, EXIT_REFUSED))
+}
+
+impl RunArgs {
+    /// The `--input` value, if any.
+    pub(super) fn input_value(&self) -> Result<Option<Value>, String> {
+        self.input
+            .as_deref()
+            .map(|raw| read_json(raw, "--input"))
+            .transpose()
+    }
+
+    /// The workflow path, absolute: on the command line a path is relative
+    /// to the current directory.
+    pub(super) fn workflow_path(&self) -> Result<String, String> {
+        std::path::absolute(&self.workflow)
+            .map(|path| path.display().to_string())
+            .map_err(|e| format!("{}: {e}", self.workflow))
+    }
 }
 
 fn run_id(raw: &str) -> Result<RunId, u8> {
@@ -153,19 +175,13 @@ pub async fn run(config: AppConfig, args: RunArgs) -> u8 {
 }
 
 async fn run_inner(app: &App, args: RunArgs) -> u8 {
-    let input = match args
-        .input
-        .as_deref()
-        .map(|raw| json_arg(raw, "--input"))
-        .transpose()
-    {
+    let input = match args.input_value() {
         Ok(input) => input,
-        Err(code) => return code,
+        Err(e) => return fail(e, EXIT_REFUSED),
     };
-    // On the command line a path is relative to the current directory.
-    let workflow = match std::path::absolute(&args.workflow) {
-        Ok(path) => path.display().to_string(),
-        Err(e) => return fail(format!("{}: {e}", args.workflow), EXIT_REFUSED),
+    let workflow = match args.workflow_path() {
+        Ok(path) => path,
+        Err(e) => return fail(e, EXIT_REFUSED),
     };
     let started = app
         .engine

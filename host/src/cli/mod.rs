@@ -3,6 +3,7 @@
 
 mod local;
 mod print;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -157,12 +158,18 @@ enum Command {
     /// Check whether the current version of a workflow can continue every
     /// live run started from it (read-only).
     Preflight(local::PreflightArgs),
+    /// Start one run; with --serve, serve it over HTTP (serve mode) and stay up.
+    Up(up::UpArgs),
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server_mode = matches!(cli.command, None | Some(Command::Serve));
+    let server_mode = match &cli.command {
+        None | Some(Command::Serve) => true,
+        Some(Command::Up(args)) => args.serves(),
+        _ => false,
+    };
     init_tracing(if server_mode { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -187,6 +194,7 @@ pub fn main() -> ExitCode {
             Some(Command::Status(args)) => local::status(config, args).await,
             Some(Command::Runs(args)) => local::runs(config, args).await,
             Some(Command::Preflight(args)) => local::preflight(config, args).await,
+            Some(Command::Up(args)) => up::up(config, cli.server.server_config(), args).await,
         }
     });
     // Guest calls may still be unwinding on worker threads; don't wait for them.
@@ -239,7 +247,7 @@ async fn serve(config: AppConfig, args: &ServerArgs) -> u8 {
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,

@@ -6,8 +6,10 @@
 //! nothing). Map: [`router`] assembles the routes and layers; `runs`,
 //! `approvals` and `events` hold the handlers; `extract` the body and query
 //! parsing; `auth` the token and Host/Origin checks; `error` the envelope;
-//! `metrics` the Prometheus text; `ops` `/health`, `/metrics` and fallbacks.
-//! [`serve`] binds, recovers interrupted runs and serves until shutdown.
+//! `metrics` the Prometheus text; `ops` `/health`, `/metrics` and fallbacks;
+//! `serve` the single-run routes of serve mode (`smithers-host up --serve`),
+//! built from the same handlers. [`serve()`] binds, recovers interrupted runs
+//! and serves until shutdown.
 
 pub mod approvals;
 pub mod auth;
@@ -17,6 +19,8 @@ pub mod extract;
 pub mod metrics;
 pub mod ops;
 pub mod runs;
+pub mod serve;
+pub mod workflows;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -171,8 +175,7 @@ pub fn ok(body: &impl Serialize) -> Response {
 
 /// The server-mode route table (contract §1.3) with its layers.
 pub fn router(state: ApiState, policy: AccessPolicy) -> Router {
-    let metrics = state.metrics.clone();
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/v1/runs", post(runs::start).get(runs::list))
@@ -195,6 +198,15 @@ pub fn router(state: ApiState, policy: AccessPolicy) -> Router {
         .route("/v1/approval/list", get(approvals::list))
         .route("/approval/list", get(approvals::list))
         .route("/approvals", get(approvals::list))
+        .route("/v1/workflows/preflight", post(workflows::preflight));
+    finish(routes, state, policy)
+}
+
+/// Adds what every surface shares to a route table: the 404 fallback, panic
+/// catching, auth and Host/Origin gate, metrics, and the security headers.
+pub fn finish(routes: Router<ApiState>, state: ApiState, policy: AccessPolicy) -> Router {
+    let metrics = state.metrics.clone();
+    routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::not_found)
         .with_state(state)
@@ -242,17 +254,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    config.validate()?;
-    let listener = TcpListener::bind((bind_host(&config.host), config.port))
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: format!("{}:{}", config.host, config.port),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: format!("{}:{}", config.host, config.port),
-        source,
-    })?;
+    let listener = bind(&config).await?;
     let state = ApiState::new(app.engine.clone(), config.max_body_bytes);
     start_background(&state).await;
     match state.engine.recover().await {
@@ -262,17 +264,43 @@ pub async fn serve(
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
     }
-    let policy = AccessPolicy::new(
-        config.auth_token.clone(),
-        config.insecure,
-        config.trust_any_host,
-    );
-    let router = router(state.clone(), policy);
-    announce(addr);
+    let router = router(state.clone(), config.access_policy());
+    run(app, listener, router, &state, shutdown).await;
+    Ok(())
+}
+
+/// Binds the configured address after refusing an unsafe configuration.
+pub async fn bind(config: &ServerConfig) -> Result<TcpListener, ServeError> {
+    config.validate()?;
+    TcpListener::bind((bind_host(&config.host), config.port))
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: format!("{}:{}", config.host, config.port),
+            source,
+        })
+}
+
+/// Announces the address, serves `router` until `shutdown`, then closes the app.
+pub async fn run(
+    app: App,
+    listener: TcpListener,
+    router: Router,
+    state: &ApiState,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        announce(addr);
+    }
     accept_until(listener, router, shutdown, &state.shutdown).await;
     app.close().await;
     tracing::info!("server stopped");
-    Ok(())
+}
+
+impl ServerConfig {
+    /// Who may call the API, from the token and gate settings.
+    pub fn access_policy(&self) -> AccessPolicy {
+        AccessPolicy::new(self.auth_token.clone(), self.insecure, self.trust_any_host)
+    }
 }
 
 fn announce(addr: SocketAddr) {
@@ -284,7 +312,7 @@ fn announce(addr: SocketAddr) {
 }
 
 /// Starts the metrics follower and the sandbox probe.
-async fn start_background(state: &ApiState) {
+pub async fn start_background(state: &ApiState) {
     let engine = state.engine.clone();
     match engine.store().read(|r| r.pending_approvals(u32::MAX)).await {
         Ok(pending) => state.metrics.set_pending_approvals(pending.len() as i64),

@@ -23,8 +23,12 @@ use crate::common;
 pub struct Options {
     pub token: Option<String>,
     pub max_body_bytes: Option<usize>,
+    /// Arguments after the common ones; `{root}` is replaced by the root dir.
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Guest packages copied into the root dir (as `<package>.wasm`) before
+    /// the process starts.
+    pub install: Vec<String>,
 }
 
 /// A running `smithers-host` process, killed on drop.
@@ -58,6 +62,9 @@ impl Server {
                 .build()
                 .unwrap(),
         };
+        for package in server.options.install.clone() {
+            server.install(&package);
+        }
         server.spawn();
         server
     }
@@ -79,7 +86,13 @@ impl Server {
         if let Some(max) = self.options.max_body_bytes {
             cmd.arg("--max-body-bytes").arg(max.to_string());
         }
-        cmd.args(&self.options.extra_args);
+        let root = self.root.path().display().to_string();
+        cmd.args(
+            self.options
+                .extra_args
+                .iter()
+                .map(|a| a.replace("{root}", &root)),
+        );
         for (k, v) in &self.options.env {
             cmd.env(k, v);
         }
