@@ -26,7 +26,9 @@ use tokio::sync::oneshot;
 use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus};
 
 pub use hub::{EventHub, StoredEvent};
-pub use read::{ApprovalRow, FrameRow, NodeRow, Reader, RunRow, RunSnapshot, SignalRow};
+pub use read::{
+    ApprovalRow, CronRow, FrameRow, NodeRow, Reader, RunRow, RunSnapshot, SignalRow,
+};
 
 /// How hard a commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -226,6 +228,47 @@ pub enum Op {
         /// Owner.
         owner_id: String,
     },
+    /// Creates a gateway cron schedule, or updates its workflow, pattern and
+    /// enabled flag. `next_run_at_ms` is written on insert, and on update
+    /// only when the pattern changed (an unchanged schedule keeps its claim
+    /// token across restarts). Touches no run.
+    UpsertCron {
+        /// Schedule id.
+        cron_id: String,
+        /// Registered workflow key.
+        workflow_key: String,
+        /// Cron pattern.
+        pattern: String,
+        /// Fires only when enabled.
+        enabled: bool,
+        /// First tick for a new or changed pattern.
+        next_run_at_ms: Option<i64>,
+    },
+    /// Deletes a gateway cron schedule; `NotFound` if absent. Touches no run.
+    DeleteCron {
+        /// Schedule id.
+        cron_id: String,
+    },
+    /// Claims one tick of an enabled schedule: moves `next_run_at_ms` from
+    /// `expected_next_run_at_ms` to `next_run_at_ms` and records the fire
+    /// time. `Conflict` when the stored value differs (the tick was already
+    /// claimed) or the schedule is disabled or gone. Touches no run.
+    ClaimCronTick {
+        /// Schedule id.
+        cron_id: String,
+        /// The tick being claimed, as read.
+        expected_next_run_at_ms: i64,
+        /// The following tick.
+        next_run_at_ms: Option<i64>,
+    },
+    /// Records a manual trigger or a failed fire of a schedule (`error_json`
+    /// set on failure, cleared otherwise). Touches no run.
+    RecordCronRun {
+        /// Schedule id.
+        cron_id: String,
+        /// Why the fire failed.
+        error_json: Option<String>,
+    },
 }
 
 /// A node row change. `None` fields keep their stored value.
@@ -389,6 +432,18 @@ impl Store {
         }))
         .await
         .map(|_| ())
+    }
+
+    /// Applies ops that touch no single run and emit no events (gateway
+    /// schedules), in one transaction.
+    pub async fn apply_unscoped(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        // As for the heartbeat, the commit's run id is only a label.
+        let label = RunId::parse("unscoped").expect("valid label");
+        let mut commit = Commit::new(label);
+        for op in ops {
+            commit.push_op(op);
+        }
+        self.commit(commit).await.map(|_| ())
     }
 
     /// Live event listeners.

@@ -222,6 +222,29 @@ pub struct FrameRow {
     pub note: String,
 }
 
+/// A gateway cron schedule, in the gateway's wire shape.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronRow {
+    /// Schedule id.
+    pub cron_id: String,
+    /// Cron pattern.
+    pub pattern: String,
+    /// Registered workflow key.
+    #[serde(rename = "workflow")]
+    pub workflow_key: String,
+    /// Fires only when enabled.
+    pub enabled: bool,
+    /// Creation time.
+    pub created_at_ms: i64,
+    /// Last fire (scheduled or manual).
+    pub last_run_at_ms: Option<i64>,
+    /// Next tick to fire.
+    pub next_run_at_ms: Option<i64>,
+    /// Why the last fire failed (JSON text).
+    pub error_json: Option<String>,
+}
+
 /// A pending approval as `GET /v1/approvals` lists it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -561,6 +584,77 @@ impl Reader<'_> {
                 },
             )
             .optional()?)
+    }
+
+    /// Newest runs first, skipping `offset`, optionally filtered by status
+    /// and by resolved workflow path (the gateway's workflow key).
+    pub fn runs_page(
+        &self,
+        limit: u32,
+        offset: u32,
+        status: Option<&str>,
+        workflow_path: Option<&str>,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow_path = ?2)
+             ORDER BY created_at_ms DESC, rowid DESC LIMIT ?3 OFFSET ?4"
+        ))?;
+        let rows = stmt
+            .query_map(params![status, workflow_path, limit, offset], run_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Non-terminal runs of a workflow path with a node waiting for the
+    /// signal `signal_name`, oldest first.
+    pub fn runs_waiting_for_signal(
+        &self,
+        workflow_path: &str,
+        signal_name: &str,
+    ) -> Result<Vec<RunId>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT r.run_id, r.created_at_ms FROM runs r
+             JOIN nodes n ON n.run_id = r.run_id AND n.state = 'waiting-event'
+             WHERE r.workflow_path = ?1 AND r.status NOT IN ('finished', 'failed', 'cancelled')
+               AND EXISTS (SELECT 1 FROM events e
+                   WHERE e.run_id = r.run_id AND e.type = 'NodeWaitingEvent'
+                     AND json_extract(e.payload_json, '$.nodeId') = n.node_id
+                     AND json_extract(e.payload_json, '$.signalName') = ?2)
+             ORDER BY r.created_at_ms, r.run_id",
+        )?;
+        let ids = stmt
+            .query_map(params![workflow_path, signal_name], |row| {
+                row.get::<_, String>(0)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.into_iter()
+            .map(|id| RunId::parse(&id).map_err(StoreError::Corrupt))
+            .collect()
+    }
+
+    /// Gateway cron schedules, oldest first.
+    pub fn crons(&self) -> Result<Vec<CronRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT cron_id, pattern, workflow_key, enabled, created_at_ms, last_run_at_ms,
+                    next_run_at_ms, error_json
+             FROM gateway_crons ORDER BY created_at_ms, cron_id",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(CronRow {
+                    cron_id: row.get(0)?,
+                    pattern: row.get(1)?,
+                    workflow_key: row.get(2)?,
+                    enabled: row.get(3)?,
+                    created_at_ms: row.get(4)?,
+                    last_run_at_ms: row.get(5)?,
+                    next_run_at_ms: row.get(6)?,
+                    error_json: row.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Counts runs per status (for metrics).

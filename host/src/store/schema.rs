@@ -9,7 +9,10 @@ use crate::model::now_ms;
 
 /// Migrations, applied in order. A database is at version N when the first N
 /// have been applied; each is applied in its own transaction.
-const MIGRATIONS: &[(&str, &str)] = &[("init", include_str!("migrations/V1__init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("init", include_str!("migrations/V1__init.sql")),
+    ("gateway", include_str!("migrations/V2__gateway.sql")),
+];
 
 /// Opens the read-write connection and brings the schema up to date.
 pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
