@@ -2,8 +2,8 @@
 //!
 //! Input: `{"command": "echo hi", "cwd": "sub", "timeoutMs": 5000}` (`command` required).
 //!
-//! Task `run` outputs `{"exitCode", "stdout", "stderr", "truncated"}`. A non-zero exit is an
-//! output; a tool error (the sandbox is unavailable, the cwd escapes the root, the command
+//! Task `run` outputs `{"exitCode", "stdout", "stderr", "truncated"}` and emits the same
+//! value as a `NodeOutput` event. A non-zero exit is an output; a tool error (the sandbox is unavailable, the cwd escapes the root, the command
 //! timed out, ...) fails the task with the tool error's code.
 //!
 //! Shows: `tools::bash_with` and `?` from a tool error to a task error.
@@ -30,12 +30,16 @@ fn build(_ctx: &Ctx) -> Node {
         options.cwd = input.cwd;
         options.timeout_ms = input.timeout_ms;
         let out = tools::bash_with(&input.command, options)?;
-        Ok(json!({
+        let result = json!({
             "exitCode": out.exit_code,
             "stdout": out.stdout,
             "stderr": out.stderr,
             "truncated": out.truncated,
-        }))
+        });
+        // Also stream it, so it shows in the run's event stream (`--json`,
+        // SSE) as a NodeOutput event, not only as the committed output.
+        tools::emit(&result)?;
+        Ok(result)
     })
 }
 
