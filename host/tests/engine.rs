@@ -474,3 +474,19 @@ async fn wait_for_status(
         types(&host.events(run).await)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_racing_the_end_of_a_run_still_gets_every_event() {
+    use futures::StreamExt;
+    let host = TestHost::new();
+    let wf = host.install("example-hello");
+    for _ in 0..40 {
+        let run = host.start(&wf, json!({})).await;
+        let stream =
+            smithers_host::engine::events::follow(host.app.engine.store().clone(), run.clone(), -1);
+        let seen: Vec<_> = stream.map(|e| e.unwrap()).collect().await;
+        let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        assert_eq!(seen.last().unwrap().event_type, "RunFinished", "{seqs:?}");
+    }
+}

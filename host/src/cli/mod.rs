@@ -3,6 +3,7 @@
 
 mod local;
 mod print;
+mod remote;
 mod up;
 
 use std::path::PathBuf;
@@ -160,6 +161,9 @@ enum Command {
     Preflight(local::PreflightArgs),
     /// Start one run; with --serve, serve it over HTTP (serve mode) and stay up.
     Up(up::UpArgs),
+    /// Drive a remote host over HTTP (`--url`, `SMITHERS_URL`): start,
+    /// status, watch, approvals, approve, deny, cancel, runs, frames...
+    Client(remote::ClientArgs),
 }
 
 /// Entry point of the binary.
@@ -194,6 +198,7 @@ pub fn main() -> ExitCode {
             Some(Command::Status(args)) => local::status(config, args).await,
             Some(Command::Runs(args)) => local::runs(config, args).await,
             Some(Command::Preflight(args)) => local::preflight(config, args).await,
+            Some(Command::Client(args)) => remote::main(args).await,
             Some(Command::Up(args)) => up::up(config, cli.server.server_config(), args).await,
         }
     });

@@ -50,7 +50,21 @@ pub fn follow(
             let run = store.read(move |r| r.run(&id)).await?;
             match run {
                 None => return,
-                Some(run) if run.status.is_terminal() => return,
+                Some(run) if run.status.is_terminal() => {
+                    // The run ended after the history read above: its last
+                    // events were committed with that status, so one more
+                    // read has them all.
+                    let (id, from) = (run_id.clone(), last);
+                    let rest = store.read(move |r| r.events_after(&id, from, u32::MAX)).await?;
+                    for event in rest {
+                        let terminal = event.is_terminal();
+                        yield Arc::new(event);
+                        if terminal {
+                            return;
+                        }
+                    }
+                    return;
+                }
                 Some(_) => {}
             }
             // Then live events.
