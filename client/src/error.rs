@@ -31,7 +31,7 @@ pub enum Error {
         body: String,
     },
     /// The server could not be reached, or the connection broke.
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {}", causes(source))]
     Transport {
         /// What was requested.
         url: String,
@@ -60,6 +60,22 @@ pub enum Error {
         /// The last failure.
         last: Box<Error>,
     },
+}
+
+/// An error and its causes, `a: b: c` (reqwest's own message alone says
+/// only "error sending request").
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The envelope of an error answer.

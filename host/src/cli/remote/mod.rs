@@ -223,7 +223,8 @@ fn json_arg(raw: &str, what: &str) -> Result<Value, Failure> {
             .map_err(|e| Failure::Usage(format!("cannot read {what} from {path}: {e}")))?,
         None => raw.to_string(),
     };
-    serde_json::from_str(&text).map_err(|e| Failure::Usage(format!("{what} is not valid JSON: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| Failure::Usage(format!("{what} is not valid JSON: {e}")))
 }
 
 async fn start(client: &Client, args: StartArgs, json: bool) -> Outcome {

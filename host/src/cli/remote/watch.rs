@@ -100,9 +100,12 @@ impl Board {
         let label = key.as_ref().map(|(id, it)| node_label(id, *it));
         let since = |started: Option<i64>| started.map(|s| duration(at.saturating_sub(s)));
         let line = |state: &str, label: &Option<String>, detail: String| {
-            format!("{state:<17} {:<28} {detail}", label.as_deref().unwrap_or(""))
-                .trim_end()
-                .to_string()
+            format!(
+                "{state:<17} {:<28} {detail}",
+                label.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_string()
         };
         match &event.kind {
             EventKind::RunStarted {
@@ -125,11 +128,7 @@ impl Board {
             }
             EventKind::NodeFinished { attempt, .. } => {
                 let took = since(key.as_ref().and_then(|k| self.started.remove(k)));
-                vec![line(
-                    "finished",
-                    &label,
-                    attempt_detail(took, *attempt),
-                )]
+                vec![line("finished", &label, attempt_detail(took, *attempt))]
             }
             EventKind::NodeFailed { attempt, error, .. } => {
                 let took = since(key.as_ref().and_then(|k| self.started.remove(k)));
@@ -162,11 +161,9 @@ impl Board {
                 &label,
                 signal_name.clone().unwrap_or_default(),
             )],
-            EventKind::ApprovalGranted { note, .. } => vec![line(
-                "approved",
-                &label,
-                note.clone().unwrap_or_default(),
-            )],
+            EventKind::ApprovalGranted { note, .. } => {
+                vec![line("approved", &label, note.clone().unwrap_or_default())]
+            }
             EventKind::ApprovalDenied { note, .. } => {
                 vec![line("denied", &label, note.clone().unwrap_or_default())]
             }
@@ -233,8 +230,9 @@ struct Spinners {
 
 impl Spinners {
     fn new() -> Self {
-        let style = ProgressStyle::with_template("{spinner} running          {prefix:<28} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let style =
+            ProgressStyle::with_template("{spinner} running          {prefix:<28} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
         Self {
             multi: MultiProgress::new(),
             bars: std::sync::Mutex::new(HashMap::new()),
@@ -300,9 +298,21 @@ mod tests {
         let mut lines = Vec::new();
         for e in [
             event(0, 1000, json!({"type":"RunStarted","workflowName":"hello"})),
-            event(1, 1001, json!({"type":"NodePending","nodeId":"greet","iteration":0})),
-            event(2, 1002, json!({"type":"NodeStarted","nodeId":"greet","iteration":0,"attempt":1})),
-            event(3, 1045, json!({"type":"NodeFinished","nodeId":"greet","iteration":0,"attempt":1})),
+            event(
+                1,
+                1001,
+                json!({"type":"NodePending","nodeId":"greet","iteration":0}),
+            ),
+            event(
+                2,
+                1002,
+                json!({"type":"NodeStarted","nodeId":"greet","iteration":0,"attempt":1}),
+            ),
+            event(
+                3,
+                1045,
+                json!({"type":"NodeFinished","nodeId":"greet","iteration":0,"attempt":1}),
+            ),
             event(4, 1046, json!({"type":"RunFinished"})),
         ] {
             lines.extend(board.apply(&e));
