@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod runs;
 pub mod serve;
@@ -178,6 +179,7 @@ pub fn router(state: ApiState, policy: AccessPolicy) -> Router {
     let routes = Router::new()
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/runs", post(runs::start).get(runs::list))
         .route("/v1/runs/{run_id}", get(runs::status))
         .route("/v1/runs/{run_id}/resume", post(runs::resume))
