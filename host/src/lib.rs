@@ -4,6 +4,8 @@
 //! Crate map (dependencies point downwards):
 //! - [`cli`]: the `smithers-host` command line (thin; parses and delegates).
 //! - [`http`]: server mode, the Smithers-compatible HTTP API.
+//! - [`gateway`]: the multi-workflow control plane (RPC, WebSocket, cron,
+//!   webhooks, roles and scopes).
 //! - [`engine`]: runs workflows durably (render → schedule → run → commit).
 //! - [`runtime`]: wasmtime engine, component cache, host tools, guest builds.
 //! - [`store`]: the SQLite database; the only module with SQL.
@@ -14,6 +16,7 @@
 pub mod app;
 pub mod cli;
 pub mod engine;
+pub mod gateway;
 pub mod http;
 pub mod model;
 pub mod runtime;

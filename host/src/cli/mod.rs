@@ -164,13 +164,16 @@ enum Command {
     /// Drive a remote host over HTTP (`--url`, `SMITHERS_URL`): start,
     /// status, watch, approvals, approve, deny, cancel, runs, frames...
     Client(remote::ClientArgs),
+    /// Serve registered workflows as a Gateway (RPC, WebSocket, cron,
+    /// webhooks) from a TOML config.
+    Gateway(GatewayArgs),
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let server_mode = match &cli.command {
-        None | Some(Command::Serve) => true,
+        None | Some(Command::Serve | Command::Gateway(_)) => true,
         Some(Command::Up(args)) => args.serves(),
         _ => false,
     };
@@ -199,6 +202,7 @@ pub fn main() -> ExitCode {
             Some(Command::Runs(args)) => local::runs(config, args).await,
             Some(Command::Preflight(args)) => local::preflight(config, args).await,
             Some(Command::Client(args)) => remote::main(args).await,
+            Some(Command::Gateway(args)) => gateway(config, args).await,
             Some(Command::Up(args)) => up::up(config, cli.server.server_config(), args).await,
         }
     });
@@ -265,5 +269,39 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Options of `smithers-host gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Gateway configuration (TOML; see examples/gateway.toml).
+    #[arg(long, env = "SMITHERS_GATEWAY_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Gateway mode: loads and checks the config before opening anything, then
+/// serves until SIGINT or SIGTERM.
+async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
+    let gateway_config = match crate::gateway::config::GatewayConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("smithers-host: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let app = match App::open(config) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("smithers-host: {e}");
+            return EXIT_REFUSED;
+        }
+    };
+    match crate::gateway::serve(app, gateway_config, shutdown_signal()).await {
+        Ok(()) => EXIT_FINISHED,
+        Err(e) => {
+            eprintln!("smithers-host: {e}");
+            EXIT_REFUSED
+        }
     }
 }

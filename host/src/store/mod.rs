@@ -26,9 +26,7 @@ use tokio::sync::oneshot;
 use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus};
 
 pub use hub::{EventHub, StoredEvent};
-pub use read::{
-    ApprovalRow, CronRow, FrameRow, NodeRow, Reader, RunRow, RunSnapshot, SignalRow,
-};
+pub use read::{ApprovalRow, CronRow, FrameRow, NodeRow, Reader, RunRow, RunSnapshot, SignalRow};
 
 /// How hard a commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

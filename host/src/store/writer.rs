@@ -520,7 +520,9 @@ fn apply_op(
         Op::DeleteCron { cron_id } => {
             let deleted = tx.execute("DELETE FROM gateway_crons WHERE cron_id = ?1", [cron_id])?;
             if deleted == 0 {
-                return Err(StoreError::NotFound(format!("cron {cron_id} does not exist")));
+                return Err(StoreError::NotFound(format!(
+                    "cron {cron_id} does not exist"
+                )));
             }
         }
         Op::ClaimCronTick {
@@ -548,7 +550,9 @@ fn apply_op(
                 params![cron_id, now, error_json],
             )?;
             if updated == 0 {
-                return Err(StoreError::NotFound(format!("cron {cron_id} does not exist")));
+                return Err(StoreError::NotFound(format!(
+                    "cron {cron_id} does not exist"
+                )));
             }
         }
     }

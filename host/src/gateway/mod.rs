@@ -1,0 +1,358 @@
+//! The Gateway: a multi-workflow control plane compatible with Smithers'
+//! `Gateway` and its published client (`smithers-orchestrator/gateway-client`).
+//!
+//! Workflows are registered by key in a TOML file ([`config`]); clients
+//! authenticate once ([`auth`]: static tokens, HS256 JWTs or a trusted
+//! proxy, each granting a role and scopes) and call RPC methods over
+//! `POST /v1/rpc/<method>`, `POST /rpc` or a WebSocket on the same origin
+//! ([`ws`]), where they also stream run events with resume-on-reconnect.
+//! Schedules ([`cron`]) and signed webhooks ([`webhook`]) start runs as the
+//! `system` role. Every run the gateway starts carries `ctx.auth =
+//! {triggeredBy, role, scopes, createdAt}`.
+//!
+//! This module owns the shared [`Gateway`] state, the HTTP routes and the
+//! accept loop. It holds no run state: runs, events, approvals and schedules
+//! live in the store, so a restart loses nothing and every stream resumes
+//! from the database.
+
+pub mod auth;
+pub mod config;
+pub mod cron;
+pub mod events;
+mod methods;
+pub mod rpc;
+pub mod webhook;
+pub mod ws;
+
+mod serve;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use self::serve::{GatewayError, serve};
+use self::auth::Authenticator;
+use self::config::{GatewayConfig, WorkflowConfig};
+use self::events::EventBridge;
+use self::rpc::{RpcCode, RpcError};
+use crate::engine::{Engine, EngineError, StartRequest};
+use crate::http::metrics::Metrics;
+use crate::model::{RunId, now_ms};
+use crate::store::RunRow;
+
+/// Features advertised in `hello` and `/health`.
+pub const FEATURES: [&str; 2] = ["streaming", "runs"];
+
+/// A registered workflow.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// Its key.
+    pub key: String,
+    /// As configured.
+    pub config: WorkflowConfig,
+    /// Resolved path (what runs record as `workflowPath`).
+    pub path: String,
+    /// `describe().name` when it was loaded.
+    pub workflow_name: String,
+}
+
+/// Counters the gateway adds to `/metrics`.
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    /// HTTP and event metrics shared with server mode.
+    pub http: Arc<Metrics>,
+    ws_active: AtomicU64,
+    ws_total: AtomicU64,
+    rpc_calls: AtomicU64,
+    backpressure: AtomicU64,
+    cron_fired: AtomicU64,
+    webhooks_accepted: AtomicU64,
+    webhooks_rejected: AtomicU64,
+}
+
+impl GatewayMetrics {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A WebSocket opened.
+    pub fn ws_opened(&self) {
+        Self::bump(&self.ws_active);
+        Self::bump(&self.ws_total);
+    }
+
+    /// A WebSocket closed.
+    pub fn ws_closed(&self) {
+        self.ws_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open WebSocket connections (authenticated or not).
+    pub fn ws_active_count(&self) -> u64 {
+        self.ws_active.load(Ordering::Relaxed)
+    }
+
+    /// An RPC was called.
+    pub fn rpc_called(&self) {
+        Self::bump(&self.rpc_calls);
+    }
+
+    /// A slow consumer lost a stream.
+    pub fn backpressure_disconnect(&self) {
+        Self::bump(&self.backpressure);
+    }
+
+    /// A cron tick started a run.
+    pub fn cron_fired(&self) {
+        Self::bump(&self.cron_fired);
+    }
+
+    /// A webhook delivery was accepted.
+    pub fn webhook_accepted(&self) {
+        Self::bump(&self.webhooks_accepted);
+    }
+
+    /// A webhook delivery was refused.
+    pub fn webhook_rejected(&self) {
+        Self::bump(&self.webhooks_rejected);
+    }
+
+    /// Prometheus text: server-mode metrics plus the gateway's own.
+    pub fn render(&self, engine: &Engine) -> String {
+        use std::fmt::Write as _;
+        let mut out = self.http.render(engine);
+        for (name, kind, help, value) in [
+            ("smithers_gateway_connections_active", "gauge", "Open WebSocket connections", &self.ws_active),
+            ("smithers_gateway_connections_total", "counter", "WebSocket connections opened", &self.ws_total),
+            ("smithers_gateway_rpc_total", "counter", "WebSocket and HTTP RPC calls", &self.rpc_calls),
+            ("smithers_gateway_backpressure_disconnects_total", "counter", "Run streams dropped for slow consumers", &self.backpressure),
+            ("smithers_gateway_cron_triggers_total", "counter", "Cron ticks that started a run", &self.cron_fired),
+            ("smithers_gateway_webhooks_accepted_total", "counter", "Webhook deliveries accepted", &self.webhooks_accepted),
+            ("smithers_gateway_webhooks_rejected_total", "counter", "Webhook deliveries refused", &self.webhooks_rejected),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
+/// The shared state of a running gateway.
+pub struct Gateway {
+    /// The engine (and through it the store).
+    pub engine: Engine,
+    /// The configuration.
+    pub config: GatewayConfig,
+    /// Credential checks.
+    pub auth: Authenticator,
+    /// Event fan-out and `stateVersion`.
+    pub events: EventBridge,
+    /// Metrics.
+    pub metrics: GatewayMetrics,
+    /// Cancelled at shutdown: closes sockets, streams and background tasks.
+    pub shutdown: CancellationToken,
+    workflows: BTreeMap<String, Registered>,
+    by_path: HashMap<String, String>,
+    root_dir: PathBuf,
+    started_at_ms: i64,
+    connections: AtomicUsize,
+}
+
+impl Gateway {
+    /// Loads (and so validates and precompiles) every registered workflow.
+    pub async fn open(engine: Engine, config: GatewayConfig) -> Result<Self, GatewayError> {
+        let trust_any_host = std::env::var("SMITHERS_GATEWAY_TRUST_ANY_HOST")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        let mut workflows = BTreeMap::new();
+        let mut by_path = HashMap::new();
+        for (key, workflow) in &config.workflows {
+            let (path, loaded) = engine
+                .load_workflow(&workflow.path)
+                .await
+                .map_err(|e| GatewayError::Workflow {
+                    key: key.clone(),
+                    message: e.to_string(),
+                })?;
+            let path = path.display().to_string();
+            by_path.entry(path.clone()).or_insert_with(|| key.clone());
+            workflows.insert(
+                key.clone(),
+                Registered {
+                    key: key.clone(),
+                    config: workflow.clone(),
+                    path,
+                    workflow_name: loaded.workflow.info.name.clone(),
+                },
+            );
+        }
+        Ok(Self {
+            auth: Authenticator::new(config.auth.clone(), config.listen.insecure, trust_any_host),
+            root_dir: engine.root_dir().to_path_buf(),
+            engine,
+            config,
+            events: EventBridge::default(),
+            metrics: GatewayMetrics::default(),
+            shutdown: CancellationToken::new(),
+            workflows,
+            by_path,
+            started_at_ms: now_ms(),
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    /// A registered workflow by key.
+    pub fn registered(&self, key: &str) -> Option<&Registered> {
+        self.workflows.get(key)
+    }
+
+    /// Every registered workflow, by key.
+    pub fn workflows(&self) -> impl Iterator<Item = &Registered> {
+        self.workflows.values()
+    }
+
+    /// The key a run's resolved workflow path was registered under.
+    pub fn key_of_path(&self, path: &str) -> Option<&str> {
+        self.by_path.get(path).map(String::as_str)
+    }
+
+    /// Workflow summaries (`listWorkflows`, `GET /workflows`), by key.
+    pub fn workflow_summaries(&self, include_system: bool) -> Vec<Value> {
+        self.workflows()
+            .filter(|w| include_system || !w.config.system)
+            .map(|w| {
+                json!({
+                    "key": w.key,
+                    "readableName": w.config.name.clone().unwrap_or_else(|| w.workflow_name.clone()),
+                    "description": w.config.description,
+                    "hasUi": false,
+                    "uiPath": null,
+                    "system": w.config.system,
+                    "workflowName": w.workflow_name,
+                    "schedule": w.config.schedule,
+                    "webhook": w.config.webhook.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// Who answers: lets a client check it reached the gateway it meant.
+    pub fn identity(&self) -> Value {
+        json!({
+            "workspaceRoot": self.root_dir,
+            "backend": "smithers-host",
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "startedAtMs": self.started_at_ms,
+        })
+    }
+
+    /// `GET /health` and the `health` RPC.
+    pub fn health(&self, http: bool) -> Value {
+        let mut body = json!({
+            "protocol": ws::PROTOCOL,
+            "features": FEATURES,
+            "stateVersion": self.events.state_version(),
+            "identity": self.identity(),
+            "workflowsLoaded": self.workflows.len(),
+            "workflowsTotal": self.workflows.len(),
+        });
+        if http {
+            body["ok"] = json!(true);
+        } else {
+            body["uptimeMs"] = json!(now_ms() - self.started_at_ms);
+        }
+        body
+    }
+
+    /// The `hello` snapshot: live runs, pending approvals, `stateVersion`.
+    pub async fn snapshot(&self) -> Result<Value, RpcError> {
+        let runs = methods::list_runs(self, &json!({ "filter": { "limit": 1000 } })).await?;
+        let live: Vec<Value> = runs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                matches!(
+                    r["status"].as_str(),
+                    Some("running" | "waiting-approval" | "waiting-event")
+                )
+            })
+            .cloned()
+            .collect();
+        Ok(json!({
+            "runs": live,
+            "approvals": methods::pending_approvals(self).await?,
+            "stateVersion": self.events.state_version(),
+        }))
+    }
+
+    /// A run's `getRun` view (the `snapshot` of `run.gap_resync`).
+    pub async fn run_snapshot(&self, run_id: &RunId) -> Result<Value, RpcError> {
+        methods::get_run(self, &json!({ "runId": run_id })).await
+    }
+
+    /// One run's row; `NOT_FOUND` when unknown.
+    pub async fn run(&self, run_id: &RunId) -> Result<RunRow, RpcError> {
+        let id = run_id.clone();
+        self.engine
+            .store()
+            .read(move |r| r.run(&id))
+            .await?
+            .ok_or_else(|| RpcError::run_not_found(run_id.as_str()))
+    }
+
+    /// Starts a run of a registered workflow with `ctx.auth = auth`; answers
+    /// `{runId, workflow, system}`.
+    pub async fn start_run(
+        &self,
+        key: &str,
+        input: Value,
+        auth: Value,
+        run_id: Option<String>,
+        max_concurrency: Option<u32>,
+    ) -> Result<Value, RpcError> {
+        let workflow = self.registered(key).ok_or_else(|| {
+            RpcError::new(RpcCode::NotFound, format!("Unknown workflow: {key}"))
+        })?;
+        let started = self
+            .engine
+            .start(StartRequest {
+                workflow_path: workflow.config.path.clone(),
+                input: Some(input),
+                run_id,
+                max_concurrency,
+                auth: Some(auth),
+            })
+            .await;
+        match started {
+            Ok(run_id) => Ok(json!({ "runId": run_id, "workflow": key, "system": workflow.config.system })),
+            Err(EngineError::RunAlreadyExists(id)) => Err(RpcError::new(
+                RpcCode::Conflict,
+                format!("Run {id} already exists"),
+            )
+            .with_details(json!({ "runId": id, "workflow": key }))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes an authenticated connection slot; false when full.
+    pub fn connection_opened(&self) -> bool {
+        let max = self.config.limits.max_connections;
+        self.connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Releases an authenticated connection slot.
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A 500 for a cause that must not reach the client.
+pub(crate) fn internal_error(cause: &dyn std::fmt::Display) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    crate::http::error::ApiError::internal(cause).into_response()
+}

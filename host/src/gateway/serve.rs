@@ -1,0 +1,481 @@
+//! The gateway's HTTP surface and accept loop: `/health`, `/metrics`,
+//! `/workflows`, the RPC routes, webhooks and the WebSocket upgrade on `/`,
+//! served on TCP or a Unix socket until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use super::auth::Identity;
+use super::config::{GatewayConfig, bind_host};
+use super::rpc::{self, Caller, RpcCode, RpcError, response_error, response_ok};
+use super::{Gateway, cron, events, webhook, ws};
+use crate::app::App;
+use crate::http::error::json_response;
+use crate::http::extract::parse_json;
+use crate::http::metrics::CONTENT_TYPE;
+use crate::http::{HEADER_READ_TIMEOUT, ops};
+
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unauthenticated sockets allowed beyond `max_connections`.
+const PRE_AUTH_SLACK: usize = 64;
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A registered workflow cannot be loaded.
+    #[error("workflow {key}: {message}")]
+    Workflow {
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Requested address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The schedules cannot be stored.
+    #[error("cannot store the cron schedules: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+type Shared = Arc<Gateway>;
+
+/// The route table with its layers.
+pub fn router(gateway: Shared) -> Router {
+    let metrics = gateway.metrics.http.clone();
+    Router::new()
+        .route("/", get(upgrade))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/workflows", get(workflows))
+        .route("/v1/rpc/{method}", post(rpc_method))
+        .route("/rpc", post(rpc_envelope))
+        .route("/webhooks/{key}", post(webhook_delivery))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::not_found)
+        .with_state(gateway)
+        .layer(CatchPanicLayer::custom(ops::panic_response))
+        .layer(middleware::from_fn_with_state(metrics, observe))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("x-smithers-api-version"),
+            HeaderValue::from_static(rpc::API_VERSION),
+        ))
+}
+
+async fn observe(
+    State(metrics): State<Arc<crate::http::metrics::Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let response = next.run(request).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    metrics.record_http(method.as_str(), &route, response.status().as_u16(), ms);
+    response
+}
+
+/// Host/Origin gate, credentials and the method's scope.
+fn authorize(gateway: &Gateway, headers: &HeaderMap, method: &str) -> Result<Identity, RpcError> {
+    gateway.auth.check_request(headers)?;
+    let identity = gateway.auth.authenticate(headers, None)?;
+    if !identity.may_call(method) {
+        return Err(RpcError::missing_scope(method));
+    }
+    Ok(identity)
+}
+
+/// `{error: {code, message}}` for the non-RPC routes.
+fn plain_error(error: &RpcError) -> Response {
+    json_response(
+        error.status,
+        &json!({ "error": { "code": error.code, "message": error.message } }),
+    )
+}
+
+/// `GET /health`: no auth, no Host gate (probes).
+async fn health(State(gateway): State<Shared>) -> Response {
+    json_response(StatusCode::OK, &gateway.health(true))
+}
+
+/// `GET /metrics`: Prometheus text (needs `run:read` when auth is on).
+async fn metrics_text(State(gateway): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gateway, &headers, "health") {
+        return plain_error(&e);
+    }
+    let mut response = gateway.metrics.render(&gateway.engine).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+/// `GET /workflows`: `{workflows: [...]}`.
+async fn workflows(State(gateway): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gateway, &headers, "listWorkflows") {
+        return plain_error(&e);
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({ "workflows": gateway.workflow_summaries(false) }),
+    )
+}
+
+/// `GET /`: the WebSocket. Host/Origin are checked before the upgrade;
+/// credentials arrive in the `connect` frame (or the upgrade's headers).
+async fn upgrade(
+    State(gateway): State<Shared>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return ops::not_found().await.into_response();
+    };
+    if let Err(e) = gateway.auth.check_request(&headers) {
+        return plain_error(&e);
+    }
+    let open = gateway.metrics.ws_active_count() as usize;
+    if open >= gateway.config.limits.max_connections + PRE_AUTH_SLACK {
+        let error = RpcError::new(RpcCode::ConnectionLimit, "Gateway connection limit reached");
+        return plain_error(&error);
+    }
+    let max = gateway.config.limits.max_payload_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| ws::serve(gateway, socket, headers))
+}
+
+/// Reads a body up to the limit.
+async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result<Bytes, RpcError> {
+    let max = gateway.config.limits.max_body_bytes;
+    let too_large = || {
+        RpcError::new(
+            RpcCode::PayloadTooLarge,
+            format!("Request body exceeds {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let read = axum::body::to_bytes(body, max);
+    match tokio::time::timeout(crate::http::extract::BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(RpcError::invalid("Timed out reading the request body")),
+    }
+}
+
+fn frame_response(status: StatusCode, frame: &Value) -> Response {
+    json_response(status, frame)
+}
+
+/// `POST /v1/rpc/<method>` (params as the body) and `POST /rpc` (`{id,
+/// method, params}`): the answer is always a `res` frame, with the status
+/// of its error code.
+async fn rpc_call(
+    gateway: Shared,
+    headers: HeaderMap,
+    body: Body,
+    forced: Option<String>,
+) -> Response {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let fail = |id: &str, error: RpcError| frame_response(error.status, &response_error(id, &error));
+    if let Err(e) = gateway.auth.check_request(&headers) {
+        return fail(&request_id, e);
+    }
+    let identity = match gateway.auth.authenticate(&headers, None) {
+        Ok(identity) => identity,
+        Err(e) => return fail(&request_id, e),
+    };
+    let bytes = match read_body(&gateway, &headers, body).await {
+        Ok(bytes) => bytes,
+        Err(e) => return fail(&request_id, e),
+    };
+    let body = match parse_json(&bytes) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(_) => return fail(&request_id, RpcError::invalid("RPC body must be a JSON object")),
+        Err(e) => return fail(&request_id, e.into()),
+    };
+    let id = body
+        .get("id")
+        .and_then(Value::as_str)
+        .map_or(request_id, str::to_string);
+    let (method, params) = match forced {
+        Some(method) if body.get("method").is_none() => (method, body.clone()),
+        Some(method) => (method, body.get("params").cloned().unwrap_or(Value::Null)),
+        None => match body.get("method").and_then(Value::as_str) {
+            Some(method) if !method.is_empty() => (
+                method.to_string(),
+                body.get("params").cloned().unwrap_or(Value::Null),
+            ),
+            _ => return fail(&id, RpcError::invalid("method must be a non-empty string")),
+        },
+    };
+    gateway.metrics.rpc_called();
+    if !identity.may_call(&method) {
+        return fail(&id, RpcError::missing_scope(&method));
+    }
+    let caller = Caller {
+        identity,
+        websocket: false,
+    };
+    match rpc::dispatch(&gateway, &caller, &method, &params).await {
+        Ok(payload) => frame_response(StatusCode::OK, &response_ok(&id, payload)),
+        Err(error) => fail(&id, error),
+    }
+}
+
+async fn rpc_method(
+    State(gateway): State<Shared>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    rpc_call(gateway, headers, body, Some(method)).await
+}
+
+async fn rpc_envelope(State(gateway): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    rpc_call(gateway, headers, body, None).await
+}
+
+/// `POST /webhooks/:key`: the signature is the credential (no token, no
+/// Host gate: providers post from anywhere).
+async fn webhook_delivery(
+    State(gateway): State<Shared>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match read_body(&gateway, &headers, body).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return json_response(
+                e.status,
+                &json!({ "ok": false, "error": { "code": e.code, "message": e.message } }),
+            );
+        }
+    };
+    webhook::handle(&gateway, &key, &headers, bytes).await
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+async fn bind(config: &GatewayConfig) -> Result<(Listener, String), GatewayError> {
+    if let Some(path) = &config.listen.socket {
+        let addr = format!("unix:{}", path.display());
+        let bind_error = |source| GatewayError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        // A socket file left by a previous process would make bind fail.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt as _;
+            m.file_type().is_socket()
+        }) {
+            std::fs::remove_file(path).map_err(bind_error)?;
+        }
+        let listener = tokio::net::UnixListener::bind(path).map_err(bind_error)?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(bind_error)?;
+        }
+        return Ok((Listener::Unix(listener, path.clone()), addr));
+    }
+    let host = bind_host(&config.listen.host);
+    let addr = format!("{}:{}", config.listen.host, config.listen.port);
+    let listener = tokio::net::TcpListener::bind((host, config.listen.port))
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    Ok((Listener::Tcp(listener), format!("http://{local}")))
+}
+
+/// Serves the gateway until `shutdown` resolves: loads the workflows, binds,
+/// syncs the schedules, resumes interrupted runs, prints `smithers-host
+/// gateway listening on <url>` on stdout and accepts connections. At
+/// shutdown it closes sockets and streams, drains requests and closes the
+/// app; runs stay durable.
+pub async fn serve(
+    app: App,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    let gateway = match Gateway::open(app.engine.clone(), config).await {
+        Ok(gateway) => Arc::new(gateway),
+        Err(e) => {
+            app.close().await;
+            return Err(e);
+        }
+    };
+    let (listener, url) = match bind(&gateway.config).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            app.close().await;
+            return Err(e);
+        }
+    };
+    cron::sync_config(&gateway).await?;
+    match gateway.engine.store().read(|r| r.pending_approvals(u32::MAX)).await {
+        Ok(pending) => gateway.metrics.http.set_pending_approvals(pending.len() as i64),
+        Err(e) => tracing::warn!(error = %e, "cannot count pending approvals"),
+    }
+    tokio::spawn(
+        gateway
+            .metrics
+            .http
+            .clone()
+            .follow_events(gateway.engine.clone(), gateway.shutdown.clone()),
+    );
+    tokio::spawn(events::bridge(gateway.clone()));
+    let poll = Duration::from_millis(gateway.config.heartbeat_ms.clamp(100, 1000));
+    tokio::spawn(cron::scheduler(gateway.clone(), poll));
+    match gateway.engine.recover().await {
+        Ok(runs) if !runs.is_empty() => tracing::info!(count = runs.len(), "resumed interrupted runs"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
+    }
+    announce(&url, &gateway);
+    let router = router(gateway.clone());
+    accept_until(listener, router, shutdown, &gateway).await;
+    app.close().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+fn announce(url: &str, gateway: &Gateway) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "smithers-host gateway listening on {url}");
+    let _ = stdout.flush();
+    tracing::info!(%url, auth = gateway.auth.mode(), workflows = gateway.config.workflows.len(), "gateway listening");
+}
+
+async fn accept_until(
+    listener: Listener,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+    gateway: &Gateway,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok(Accepted::Tcp(stream)) => {
+                let _ = stream.set_nodelay(true);
+                serve_connection(&builder, &graceful, &router, stream);
+            }
+            Ok(Accepted::Unix(stream)) => serve_connection(&builder, &graceful, &router, stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(listener);
+    gateway.shutdown.cancel();
+    tracing::info!("shutting down: draining connections");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    router: &Router,
+    stream: S,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router.clone());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let connection = graceful.watch(connection.into_owned());
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
+}
