@@ -139,6 +139,15 @@ fn behave(spec: &TaskSpec, t: &TaskCtx) -> Result<Value, TaskError> {
             other => output = json!({ "output": other, "seen": seen }),
         }
     }
+    if spec.echo_auth {
+        let auth = t.render_ctx().auth().cloned().unwrap_or(Value::Null);
+        match &mut output {
+            Value::Object(fields) => {
+                fields.insert("auth".to_owned(), auth);
+            }
+            other => output = json!({ "output": other, "auth": auth }),
+        }
+    }
     drop(black_box(ballast));
     Ok(output)
 }

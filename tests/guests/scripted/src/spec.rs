@@ -181,6 +181,7 @@ pub struct TaskSpec {
     pub env: bool,
     pub bash: Option<BashSpec>,
     pub echo_outputs: Option<Vec<String>>,
+    pub echo_auth: bool,
     pub output: Option<Value>,
     pub done_at_iteration: Option<u32>,
 }
