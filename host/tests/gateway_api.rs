@@ -51,12 +51,18 @@ async fn operational_routes_answer_and_the_host_gate_guards_everything_but_healt
         .map(|w| w["key"].as_str().unwrap())
         .collect();
     assert_eq!(keys, ["approval", "scripted"]);
-    assert_eq!(workflows["workflows"][0]["description"], "prepare, approve, apply");
+    assert_eq!(
+        workflows["workflows"][0]["description"],
+        "prepare, approve, apply"
+    );
 
     let metrics = gw.client.get(gw.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();
-    assert!(text.contains("smithers_gateway_connections_active"), "{text}");
+    assert!(
+        text.contains("smithers_gateway_connections_active"),
+        "{text}"
+    );
     assert!(text.contains("smithers_runs_total"), "{text}");
 
     // Without auth only loopback Host/Origin may drive the gateway.
@@ -70,7 +76,11 @@ async fn operational_routes_answer_and_the_host_gate_guards_everything_but_healt
     assert_eq!(frame["ok"], false);
     assert_eq!(frame["error"]["code"], "FORBIDDEN");
     let (status, _) = gw
-        .post("/v1/rpc/listRuns", json!({}), &[("origin", "https://evil.example")])
+        .post(
+            "/v1/rpc/listRuns",
+            json!({}),
+            &[("origin", "https://evil.example")],
+        )
         .await;
     assert_eq!(status, 403);
     let (status, _) = gw.get("/health", &evil).await;
@@ -89,7 +99,11 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     let listed = gw.call("listWorkflows", json!({})).await;
     assert_eq!(listed.as_array().unwrap().len(), 2);
     let (status, frame) = gw
-        .post("/rpc", json!({"id": "req-1", "method": "workflows.list", "params": {}}), &[])
+        .post(
+            "/rpc",
+            json!({"id": "req-1", "method": "workflows.list", "params": {}}),
+            &[],
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(frame["id"], "req-1");
@@ -98,21 +112,44 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
 
     // launchRun and its refusals.
     let launched = gw
-        .call("launchRun", json!({"workflow": "approval", "options": {"runId": "r1"}}))
+        .call(
+            "launchRun",
+            json!({"workflow": "approval", "options": {"runId": "r1"}}),
+        )
         .await;
-    assert_eq!(launched, json!({"runId": "r1", "workflow": "approval", "system": false}));
+    assert_eq!(
+        launched,
+        json!({"runId": "r1", "workflow": "approval", "system": false})
+    );
     let (status, frame) = gw
-        .rpc("launchRun", json!({"workflow": "approval", "runId": "r1"}), None)
+        .rpc(
+            "launchRun",
+            json!({"workflow": "approval", "runId": "r1"}),
+            None,
+        )
         .await;
     assert_eq!((status, &frame["error"]["code"]), (409, &json!("CONFLICT")));
     let (status, frame) = gw.rpc("launchRun", json!({"workflow": "nope"}), None).await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("NOT_FOUND")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("NOT_FOUND"))
+    );
     let (status, frame) = gw
-        .rpc("launchRun", json!({"workflow": "approval", "input": [1]}), None)
+        .rpc(
+            "launchRun",
+            json!({"workflow": "approval", "input": [1]}),
+            None,
+        )
         .await;
-    assert_eq!((status, &frame["error"]["code"]), (400, &json!("INVALID_INPUT")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (400, &json!("INVALID_INPUT"))
+    );
     let (status, frame) = gw.rpc("launchRun", json!({}), None).await;
-    assert_eq!((status, &frame["error"]["code"]), (400, &json!("INVALID_REQUEST")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (400, &json!("INVALID_REQUEST"))
+    );
 
     // getRun, listRuns, listApprovals while the run waits.
     gw.wait_status("r1", "waiting-approval").await;
@@ -121,14 +158,20 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     assert_eq!(run["runState"]["state"], "waiting-approval");
     assert_eq!(run["summary"]["finished"], 1);
     let (status, frame) = gw.rpc("getRun", json!({"runId": "missing"}), None).await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("NOT_FOUND")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("NOT_FOUND"))
+    );
     let runs = gw
         .call("listRuns", json!({"filter": {"workflow": "approval"}}))
         .await;
     assert_eq!(runs.as_array().unwrap().len(), 1);
     assert_eq!(runs[0]["runId"], "r1");
     let none = gw
-        .call("runs.list", json!({"filter": {"workflow": "approval", "offset": 1}}))
+        .call(
+            "runs.list",
+            json!({"filter": {"workflow": "approval", "offset": 1}}),
+        )
         .await;
     assert_eq!(none, json!([]));
     let approvals = gw.call("listApprovals", json!({})).await;
@@ -148,17 +191,34 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     assert_eq!(output["status"], "produced");
     assert_eq!(output["row"]["plan"], "deploy staging");
     let pending = gw
-        .call("devtools.getNodeOutput", json!({"runId": "r1", "nodeId": "gate"}))
+        .call(
+            "devtools.getNodeOutput",
+            json!({"runId": "r1", "nodeId": "gate"}),
+        )
         .await;
     assert_eq!(pending["status"], "pending");
     let (status, frame) = gw
-        .rpc("getNodeOutput", json!({"runId": "r1", "nodeId": "ghost"}), None)
+        .rpc(
+            "getNodeOutput",
+            json!({"runId": "r1", "nodeId": "ghost"}),
+            None,
+        )
         .await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("NodeNotFound")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("NodeNotFound"))
+    );
     let (status, frame) = gw
-        .rpc("getNodeOutput", json!({"runId": "r1", "nodeId": "prepare", "iteration": 3}), None)
+        .rpc(
+            "getNodeOutput",
+            json!({"runId": "r1", "nodeId": "prepare", "iteration": 3}),
+            None,
+        )
         .await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("IterationNotFound")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("IterationNotFound"))
+    );
 
     // resumeRun of a parked run is accepted and harmless.
     let resumed = gw.call("resumeRun", json!({"runId": "r1"})).await;
@@ -173,12 +233,22 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
             json!({"runId": "r1", "nodeId": "gate", "decision": {"approved": true, "note": "ok"}}),
         )
         .await;
-    assert_eq!(decided, json!({"runId": "r1", "nodeId": "gate", "iteration": 0, "approved": true}));
+    assert_eq!(
+        decided,
+        json!({"runId": "r1", "nodeId": "gate", "iteration": 0, "approved": true})
+    );
     gw.wait_status("r1", "finished").await;
     let (status, frame) = gw
-        .rpc("approvals.decide", json!({"runId": "r1", "nodeId": "gate", "approved": false}), None)
+        .rpc(
+            "approvals.decide",
+            json!({"runId": "r1", "nodeId": "gate", "approved": false}),
+            None,
+        )
         .await;
-    assert_eq!((status, &frame["error"]["code"]), (409, &json!("AlreadyDecided")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (409, &json!("AlreadyDecided"))
+    );
     assert_eq!(frame["error"]["status"], "approved");
     let applied = gw
         .call("getNodeOutput", json!({"runId": "r1", "nodeId": "apply"}))
@@ -198,7 +268,10 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     assert_eq!(waiting["runId"], "s1");
     gw.wait_status("s1", "waiting-event").await;
     let receipt = gw
-        .call("signals.send", json!({"runId": "s1", "signalName": "go", "payload": {"x": 1}}))
+        .call(
+            "signals.send",
+            json!({"runId": "s1", "signalName": "go", "payload": {"x": 1}}),
+        )
         .await;
     assert_eq!(receipt["signalName"], "go");
     assert_eq!(receipt["seq"], 0);
@@ -208,13 +281,21 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
         .await;
     assert_eq!(signalled["row"], json!({"x": 1}));
     let (status, frame) = gw
-        .rpc("submitSignal", json!({"runId": "ghost", "signalName": "go"}), None)
+        .rpc(
+            "submitSignal",
+            json!({"runId": "ghost", "signalName": "go"}),
+            None,
+        )
         .await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("NOT_FOUND")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("NOT_FOUND"))
+    );
 
     // cancelRun: cancels, then reports already-terminal; finished runs are
     // not active; unknown runs are RunNotFound.
-    gw.call("launchRun", json!({"workflow": "approval", "runId": "c1"})).await;
+    gw.call("launchRun", json!({"workflow": "approval", "runId": "c1"}))
+        .await;
     gw.wait_status("c1", "waiting-approval").await;
     let cancelled = gw.call("cancelRun", json!({"runId": "c1"})).await;
     assert_eq!(cancelled["won"], true);
@@ -222,9 +303,15 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     let twice = gw.call("runs.cancel", json!({"runId": "c1"})).await;
     assert_eq!(twice["status"], "already-terminal");
     let (status, frame) = gw.rpc("cancelRun", json!({"runId": "r1"}), None).await;
-    assert_eq!((status, &frame["error"]["code"]), (409, &json!("RUN_NOT_ACTIVE")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (409, &json!("RUN_NOT_ACTIVE"))
+    );
     let (status, frame) = gw.rpc("cancelRun", json!({"runId": "ghost"}), None).await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("RunNotFound")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("RunNotFound"))
+    );
 
     // Cron schedules over RPC.
     let created = gw
@@ -238,16 +325,32 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     assert_eq!(created["workflowPath"], "gateway:scripted");
     assert_eq!(created["enabled"], true);
     assert!(created["nextRunAtMs"].as_i64().unwrap() > now_ms());
-    let listed = gw.call("cron.list", json!({"filter": {"workflow": "scripted"}})).await;
+    let listed = gw
+        .call("cron.list", json!({"filter": {"workflow": "scripted"}}))
+        .await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
     let (status, frame) = gw
-        .rpc("cronCreate", json!({"workflow": "scripted", "pattern": "every day"}), None)
+        .rpc(
+            "cronCreate",
+            json!({"workflow": "scripted", "pattern": "every day"}),
+            None,
+        )
         .await;
-    assert_eq!((status, &frame["error"]["code"]), (400, &json!("INVALID_REQUEST")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (400, &json!("INVALID_REQUEST"))
+    );
     let (status, frame) = gw
-        .rpc("cron.add", json!({"workflow": "nope", "pattern": "* * * * *"}), None)
+        .rpc(
+            "cron.add",
+            json!({"workflow": "nope", "pattern": "* * * * *"}),
+            None,
+        )
         .await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("NOT_FOUND")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("NOT_FOUND"))
+    );
     let triggered = gw
         .call(
             "cronRun",
@@ -259,9 +362,17 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     gw.wait_status(&run_id, "finished").await;
     let after = gw.call("cronList", json!({})).await;
     assert!(after[0]["lastRunAtMs"].is_i64(), "{after}");
-    assert_eq!(gw.call("cronDelete", json!({"cronId": "yearly"})).await["removed"], true);
-    let (status, frame) = gw.rpc("cron.remove", json!({"cronId": "yearly"}), None).await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("NOT_FOUND")));
+    assert_eq!(
+        gw.call("cronDelete", json!({"cronId": "yearly"})).await["removed"],
+        true
+    );
+    let (status, frame) = gw
+        .rpc("cron.remove", json!({"cronId": "yearly"}), None)
+        .await;
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("NOT_FOUND"))
+    );
 
     // ctx.auth of a run started over RPC without auth: the loopback operator.
     let output = gw
@@ -275,9 +386,17 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
 
     // Unknown methods, HTTP-only limits, malformed bodies.
     let (status, frame) = gw.rpc("noSuchMethod", json!({}), None).await;
-    assert_eq!((status, &frame["error"]["code"]), (404, &json!("METHOD_NOT_FOUND")));
-    let (status, frame) = gw.rpc("streamRunEvents", json!({"runId": "r1"}), None).await;
-    assert_eq!((status, &frame["error"]["code"]), (400, &json!("INVALID_REQUEST")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("METHOD_NOT_FOUND"))
+    );
+    let (status, frame) = gw
+        .rpc("streamRunEvents", json!({"runId": "r1"}), None)
+        .await;
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (400, &json!("INVALID_REQUEST"))
+    );
     let response = gw
         .client
         .post(gw.url("/v1/rpc/getRun"))
@@ -286,9 +405,15 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
         .await
         .unwrap();
     let (status, frame) = gateway_support::decode(response).await;
-    assert_eq!((status, &frame["error"]["code"]), (400, &json!("INVALID_JSON")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (400, &json!("INVALID_JSON"))
+    );
     let (status, frame) = gw.post("/rpc", json!([1, 2]), &[]).await;
-    assert_eq!((status, &frame["error"]["code"]), (400, &json!("INVALID_REQUEST")));
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (400, &json!("INVALID_REQUEST"))
+    );
 }
 
 const TOKENS: &str = r#"
@@ -337,19 +462,36 @@ async fn token_mode_grants_roles_and_scopes_and_enforces_approval_restrictions()
     assert_eq!((status, code(&frame)), (401, "UNAUTHORIZED".into()));
     assert_eq!(frame["error"]["message"], "A bearer token is required");
     let (status, frame) = gw.rpc("listRuns", json!({}), Some("nope")).await;
-    assert_eq!((status, frame["error"]["message"].clone()), (401, json!("Invalid token")));
+    assert_eq!(
+        (status, frame["error"]["message"].clone()),
+        (401, json!("Invalid token"))
+    );
     let (status, frame) = gw.rpc("listRuns", json!({}), Some("expired-token")).await;
     assert_eq!(status, 401);
     assert_eq!(frame["error"]["refresh"], "smithers token issue");
     let (status, frame) = gw.rpc("listRuns", json!({}), Some("revoked-token")).await;
-    assert_eq!((status, frame["error"]["message"].clone()), (401, json!("Token has been revoked")));
+    assert_eq!(
+        (status, frame["error"]["message"].clone()),
+        (401, json!("Token has been revoked"))
+    );
     let (status, _) = gw
-        .post("/v1/rpc/listRuns", json!({}), &[("x-smithers-key", "reader-token")])
+        .post(
+            "/v1/rpc/listRuns",
+            json!({}),
+            &[("x-smithers-key", "reader-token")],
+        )
         .await;
     assert_eq!(status, 200);
     // With auth on, any Host is fine; /health never needs a token.
     let (status, _) = gw
-        .post("/v1/rpc/listRuns", json!({}), &[("host", "gw.example"), ("authorization", "Bearer reader-token")])
+        .post(
+            "/v1/rpc/listRuns",
+            json!({}),
+            &[
+                ("host", "gw.example"),
+                ("authorization", "Bearer reader-token"),
+            ],
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(gw.get("/health", &[]).await.0, 200);
@@ -357,16 +499,27 @@ async fn token_mode_grants_roles_and_scopes_and_enforces_approval_restrictions()
 
     // Scopes: reader may read, not write; writer may launch, not approve.
     let (status, frame) = gw
-        .rpc("launchRun", json!({"workflow": "scripted"}), Some("reader-token"))
+        .rpc(
+            "launchRun",
+            json!({"workflow": "scripted"}),
+            Some("reader-token"),
+        )
         .await;
     assert_eq!((status, code(&frame)), (403, "FORBIDDEN".into()));
     assert_eq!(frame["error"]["requiredScope"], "run:write");
     let (status, _) = gw.rpc("cronList", json!({}), Some("reader-token")).await;
     assert_eq!(status, 200);
     let (status, frame) = gw
-        .rpc("cronCreate", json!({"workflow": "scripted", "pattern": "* * * * *"}), Some("reader-token"))
+        .rpc(
+            "cronCreate",
+            json!({"workflow": "scripted", "pattern": "* * * * *"}),
+            Some("reader-token"),
+        )
         .await;
-    assert_eq!((status, frame["error"]["requiredScope"].clone()), (403, json!("cron:write")));
+    assert_eq!(
+        (status, frame["error"]["requiredScope"].clone()),
+        (403, json!("cron:write"))
+    );
 
     let input = script(json!({"sequence": [
         task("who", json!({"echoAuth": true})),
@@ -374,13 +527,21 @@ async fn token_mode_grants_roles_and_scopes_and_enforces_approval_restrictions()
         {"approval": {"id": "by-qa", "allowedScopes": ["team:qa"]}},
     ]}));
     let (status, frame) = gw
-        .rpc("launchRun", json!({"workflow": "scripted", "runId": "t1", "input": input}), Some("writer-token"))
+        .rpc(
+            "launchRun",
+            json!({"workflow": "scripted", "runId": "t1", "input": input}),
+            Some("writer-token"),
+        )
         .await;
     assert_eq!(status, 200, "{frame}");
     wait_for(&gw, "t1", "waiting-approval", "admin-token").await;
     // ctx.auth carries who launched it.
     let (_, frame) = gw
-        .rpc("getNodeOutput", json!({"runId": "t1", "nodeId": "who"}), Some("reader-token"))
+        .rpc(
+            "getNodeOutput",
+            json!({"runId": "t1", "nodeId": "who"}),
+            Some("reader-token"),
+        )
         .await;
     let auth = &frame["payload"]["row"]["auth"];
     assert_eq!(auth["triggeredBy"], "ci-bot");
@@ -388,17 +549,36 @@ async fn token_mode_grants_roles_and_scopes_and_enforces_approval_restrictions()
     assert_eq!(auth["scopes"], json!(["run:write"]));
 
     let decide = |node: &str| json!({"runId": "t1", "nodeId": node, "approved": true});
-    let (status, frame) = gw.rpc("submitApproval", decide("by-alice"), Some("writer-token")).await;
-    assert_eq!((status, frame["error"]["requiredScope"].clone()), (403, json!("approval:submit")));
-    let (status, frame) = gw.rpc("submitApproval", decide("by-alice"), Some("bob-token")).await;
+    let (status, frame) = gw
+        .rpc("submitApproval", decide("by-alice"), Some("writer-token"))
+        .await;
+    assert_eq!(
+        (status, frame["error"]["requiredScope"].clone()),
+        (403, json!("approval:submit"))
+    );
+    let (status, frame) = gw
+        .rpc("submitApproval", decide("by-alice"), Some("bob-token"))
+        .await;
     assert_eq!((status, code(&frame)), (403, "FORBIDDEN".into()));
-    assert_eq!(frame["error"]["message"], "User is not allowed to decide this approval");
-    let (status, frame) = gw.rpc("submitApproval", decide("by-alice"), Some("alice-token")).await;
+    assert_eq!(
+        frame["error"]["message"],
+        "User is not allowed to decide this approval"
+    );
+    let (status, frame) = gw
+        .rpc("submitApproval", decide("by-alice"), Some("alice-token"))
+        .await;
     assert_eq!(status, 200, "{frame}");
     wait_for_pending(&gw, "t1", "by-qa").await;
-    let (status, frame) = gw.rpc("submitApproval", decide("by-qa"), Some("alice-token")).await;
-    assert_eq!((status, frame["error"]["message"].clone()), (403, json!("Connection is missing required approval scope")));
-    let (status, frame) = gw.rpc("submitApproval", decide("by-qa"), Some("bob-token")).await;
+    let (status, frame) = gw
+        .rpc("submitApproval", decide("by-qa"), Some("alice-token"))
+        .await;
+    assert_eq!(
+        (status, frame["error"]["message"].clone()),
+        (403, json!("Connection is missing required approval scope"))
+    );
+    let (status, frame) = gw
+        .rpc("submitApproval", decide("by-qa"), Some("bob-token"))
+        .await;
     assert_eq!(status, 200, "{frame}");
     wait_for(&gw, "t1", "finished", "admin-token").await;
 
@@ -408,12 +588,17 @@ async fn token_mode_grants_roles_and_scopes_and_enforces_approval_restrictions()
     assert_eq!(early["error"]["message"], "Connect first");
     let refused = ws.connect(Some("nope"), None).await.unwrap_err();
     assert_eq!(refused["error"]["code"], "UNAUTHORIZED");
-    assert!(ws.next_frame().await.is_none(), "socket closes after a failed connect");
+    assert!(
+        ws.next_frame().await.is_none(),
+        "socket closes after a failed connect"
+    );
     let mut ws = Ws::open(&gw.ws_url()).await;
     let hello = ws.connect(Some("reader-token"), None).await.unwrap();
     assert_eq!(hello["auth"]["role"], "viewer");
     assert_eq!(hello["auth"]["scopes"], json!(["run:read", "cron:read"]));
-    let denied = ws.request("launchRun", json!({"workflow": "scripted"})).await;
+    let denied = ws
+        .request("launchRun", json!({"workflow": "scripted"}))
+        .await;
     assert_eq!(denied["error"]["code"], "FORBIDDEN");
     let runs = ws.request("listRuns", json!({})).await;
     assert_eq!(runs["ok"], true);
@@ -426,7 +611,11 @@ async fn wait_for(gw: &Gateway, run: &str, want: &str, token: &str) {
         if frame["payload"]["status"] == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{run} never reached {want}: {frame}\n{}", gw.log());
+        assert!(
+            Instant::now() < deadline,
+            "{run} never reached {want}: {frame}\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -435,9 +624,16 @@ async fn wait_for_pending(gw: &Gateway, run: &str, node: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, frame) = gw
-            .rpc("listApprovals", json!({"filter": {"runId": run}}), Some("admin-token"))
+            .rpc(
+                "listApprovals",
+                json!({"filter": {"runId": run}}),
+                Some("admin-token"),
+            )
             .await;
-        if frame["payload"].as_array().is_some_and(|a| a.iter().any(|x| x["nodeId"] == node)) {
+        if frame["payload"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["nodeId"] == node))
+        {
             return;
         }
         assert!(Instant::now() < deadline, "{node} never pending: {frame}");
@@ -476,17 +672,32 @@ path = "fixture-scripted.wasm"
     let now = now_ms() / 1000;
     let claims = |extra: Value| {
         let mut c = json!({"iss": "https://issuer.test", "aud": "smithers-gateway", "sub": "deployer", "exp": now + 600});
-        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         c
     };
-    let writer = jwt("jwt-secret", claims(json!({"scope": "run:read run:write", "role": "ci"})));
+    let writer = jwt(
+        "jwt-secret",
+        claims(json!({"scope": "run:read run:write", "role": "ci"})),
+    );
     let input = script(task("who", json!({"echoAuth": true})));
     let (status, frame) = gw
-        .rpc("launchRun", json!({"workflow": "scripted", "runId": "j1", "input": input}), Some(&writer))
+        .rpc(
+            "launchRun",
+            json!({"workflow": "scripted", "runId": "j1", "input": input}),
+            Some(&writer),
+        )
         .await;
     assert_eq!(status, 200, "{frame}");
     wait_for_token(&gw, "j1", &writer).await;
-    let (_, frame) = gw.rpc("getNodeOutput", json!({"runId": "j1", "nodeId": "who"}), Some(&writer)).await;
+    let (_, frame) = gw
+        .rpc(
+            "getNodeOutput",
+            json!({"runId": "j1", "nodeId": "who"}),
+            Some(&writer),
+        )
+        .await;
     let auth = &frame["payload"]["row"]["auth"];
     assert_eq!(auth["triggeredBy"], "deployer");
     assert_eq!(auth["role"], "ci");
@@ -494,8 +705,13 @@ path = "fixture-scripted.wasm"
 
     // No scope claim: the default scopes (read only); default role.
     let reader = jwt("jwt-secret", claims(json!({})));
-    let (status, frame) = gw.rpc("launchRun", json!({"workflow": "scripted"}), Some(&reader)).await;
-    assert_eq!((status, frame["error"]["code"].clone()), (403, json!("FORBIDDEN")));
+    let (status, frame) = gw
+        .rpc("launchRun", json!({"workflow": "scripted"}), Some(&reader))
+        .await;
+    assert_eq!(
+        (status, frame["error"]["code"].clone()),
+        (403, json!("FORBIDDEN"))
+    );
     assert_eq!(gw.rpc("listRuns", json!({}), Some(&reader)).await.0, 200);
 
     // Inside the 60 s clock skew an expired token passes; beyond, not.
@@ -503,10 +719,22 @@ path = "fixture-scripted.wasm"
     assert_eq!(gw.rpc("listRuns", json!({}), Some(&lenient)).await.0, 200);
     for (bad, why) in [
         (jwt("other-secret", claims(json!({}))), "signature"),
-        (jwt("jwt-secret", claims(json!({"exp": now - 3600}))), "expired"),
-        (jwt("jwt-secret", claims(json!({"nbf": now + 3600}))), "not valid yet"),
-        (jwt("jwt-secret", claims(json!({"iss": "https://elsewhere"}))), "issuer"),
-        (jwt("jwt-secret", claims(json!({"aud": ["someone-else"]}))), "audience"),
+        (
+            jwt("jwt-secret", claims(json!({"exp": now - 3600}))),
+            "expired",
+        ),
+        (
+            jwt("jwt-secret", claims(json!({"nbf": now + 3600}))),
+            "not valid yet",
+        ),
+        (
+            jwt("jwt-secret", claims(json!({"iss": "https://elsewhere"}))),
+            "issuer",
+        ),
+        (
+            jwt("jwt-secret", claims(json!({"aud": ["someone-else"]}))),
+            "audience",
+        ),
         ("not.a.jwt".to_string(), "malformed"),
     ] {
         let (status, frame) = gw.rpc("listRuns", json!({}), Some(&bad)).await;
@@ -552,11 +780,21 @@ path = "fixture-scripted.wasm"
     let (status, frame) = gw
         .post("/v1/rpc/listRuns", json!({}), &[("x-user-id", "carol")])
         .await;
-    assert_eq!((status, frame["error"]["code"].clone()), (401, json!("UNAUTHORIZED")));
+    assert_eq!(
+        (status, frame["error"]["code"].clone()),
+        (401, json!("UNAUTHORIZED"))
+    );
     let (status, frame) = gw
-        .post("/v1/rpc/launchRun", json!({"workflow": "scripted"}), &as_user("run:read"))
+        .post(
+            "/v1/rpc/launchRun",
+            json!({"workflow": "scripted"}),
+            &as_user("run:read"),
+        )
         .await;
-    assert_eq!((status, frame["error"]["requiredScope"].clone()), (403, json!("run:write")));
+    assert_eq!(
+        (status, frame["error"]["requiredScope"].clone()),
+        (403, json!("run:write"))
+    );
     let input = script(task("who", json!({"echoAuth": true})));
     let (status, frame) = gw
         .post(
@@ -566,9 +804,14 @@ path = "fixture-scripted.wasm"
         )
         .await;
     assert_eq!(status, 200, "{frame}");
-    gw.wait_status_with("p1", "finished", &as_user("run:read")).await;
+    gw.wait_status_with("p1", "finished", &as_user("run:read"))
+        .await;
     let (_, frame) = gw
-        .post("/v1/rpc/getNodeOutput", json!({"runId": "p1", "nodeId": "who"}), &as_user("run:read"))
+        .post(
+            "/v1/rpc/getNodeOutput",
+            json!({"runId": "p1", "nodeId": "who"}),
+            &as_user("run:read"),
+        )
         .await;
     let auth = &frame["payload"]["row"]["auth"];
     assert_eq!(auth["triggeredBy"], "carol");
@@ -584,7 +827,9 @@ impl WaitWith for Gateway {
     async fn wait_status_with(&self, run: &str, want: &str, headers: &[(&str, &str)]) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (_, frame) = self.post("/v1/rpc/getRun", json!({"runId": run}), headers).await;
+            let (_, frame) = self
+                .post("/v1/rpc/getRun", json!({"runId": run}), headers)
+                .await;
             if frame["payload"]["status"] == want {
                 return;
             }
@@ -617,7 +862,11 @@ payload_path = "data"
 input_path = "input"
 "#;
     let secret = "hook-secret";
-    let gw = Gateway::start_with_env(config, &["fixture-scripted"], &[("GATEWAY_TEST_HOOK_SECRET", secret)]);
+    let gw = Gateway::start_with_env(
+        config,
+        &["fixture-scripted"],
+        &[("GATEWAY_TEST_HOOK_SECRET", secret)],
+    );
     let post = |body: Value, signature: Option<String>| {
         let bytes = body.to_string().into_bytes();
         let mut request = gw.client.post(gw.url("/webhooks/hook")).body(bytes);
@@ -633,36 +882,65 @@ input_path = "input"
     let start = json!({"input": input});
 
     // Bad and missing signatures: 401, nothing started.
-    let (status, body) = post(start.clone(), Some(sign("wrong", start.to_string().as_bytes()))).await;
+    let (status, body) = post(
+        start.clone(),
+        Some(sign("wrong", start.to_string().as_bytes())),
+    )
+    .await;
     assert_eq!(status, 401);
-    assert_eq!(body, json!({"ok": false, "error": {"code": "UNAUTHORIZED", "message": "Webhook signature verification failed"}}));
+    assert_eq!(
+        body,
+        json!({"ok": false, "error": {"code": "UNAUTHORIZED", "message": "Webhook signature verification failed"}})
+    );
     let (status, _) = post(start.clone(), None).await;
     assert_eq!(status, 401);
     assert_eq!(gw.call("listRuns", json!({})).await, json!([]));
 
     // A good signature starts a run as the system role.
-    let (status, body) = post(start.clone(), Some(sign(secret, start.to_string().as_bytes()))).await;
+    let (status, body) = post(
+        start.clone(),
+        Some(sign(secret, start.to_string().as_bytes())),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["verified"], true);
     assert_eq!(body["delivered"], json!([]));
     let run = body["started"]["runId"].as_str().unwrap().to_string();
     gw.wait_status(&run, "waiting-event").await;
-    let who = gw.call("getNodeOutput", json!({"runId": run, "nodeId": "who"})).await;
+    let who = gw
+        .call("getNodeOutput", json!({"runId": run, "nodeId": "who"}))
+        .await;
     assert_eq!(who["row"]["auth"]["triggeredBy"], "webhook:hook");
     assert_eq!(who["row"]["auth"]["role"], "system");
 
     // A signed delivery naming the run signals it instead of starting one.
     let signal = json!({"run": run, "data": {"deployed": "v2"}});
-    let (status, body) = post(signal.clone(), Some(sign(secret, signal.to_string().as_bytes()))).await;
+    let (status, body) = post(
+        signal.clone(),
+        Some(sign(secret, signal.to_string().as_bytes())),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["matchedRunIds"], json!([run]));
     assert_eq!(body["delivered"][0]["signalName"], "go");
     assert_eq!(body["started"], Value::Null);
     gw.wait_status(&run, "finished").await;
-    let w = gw.call("getNodeOutput", json!({"runId": run, "nodeId": "w"})).await;
+    let w = gw
+        .call("getNodeOutput", json!({"runId": run, "nodeId": "w"}))
+        .await;
     assert_eq!(w["row"], json!({"deployed": "v2"}));
-    assert_eq!(gw.call("listRuns", json!({})).await.as_array().unwrap().len(), 1);
+    assert_eq!(
+        gw.call("listRuns", json!({}))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     let (status, body) = gw.post("/webhooks/unknown", json!({}), &[]).await;
-    assert_eq!((status, body["error"]["code"].clone()), (404, json!("NOT_FOUND")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("NOT_FOUND"))
+    );
 }

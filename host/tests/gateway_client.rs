@@ -107,7 +107,12 @@ path = "example-approval.wasm"
     assert_eq!(result["protocol"], 1);
     assert_eq!(result["gapless"], true, "{result}");
     assert!(result["events"].as_u64().unwrap() > 10, "{result}");
-    for name in ["approval.requested", "approval.decided", "node.finished", "run.completed"] {
+    for name in [
+        "approval.requested",
+        "approval.decided",
+        "node.finished",
+        "run.completed",
+    ] {
         assert!(
             result["names"].as_array().unwrap().contains(&json!(name)),
             "{name} in {result}"
@@ -124,7 +129,14 @@ path = "example-approval.wasm"
     // The approval was recorded as the client's user.
     let run_id = result["runId"].as_str().unwrap();
     let (_, frame) = gw
-        .rpc("getNodeOutput", json!({"runId": run_id, "nodeId": "apply"}), Some("client-token"))
+        .rpc(
+            "getNodeOutput",
+            json!({"runId": run_id, "nodeId": "apply"}),
+            Some("client-token"),
+        )
         .await;
-    assert_eq!(frame["payload"]["row"]["approved_by"], "published-client", "{frame}");
+    assert_eq!(
+        frame["payload"]["row"]["approved_by"], "published-client",
+        "{frame}"
+    );
 }

@@ -30,7 +30,10 @@ async fn the_handshake_says_hello_then_ticks_and_broadcasts_run_events() {
     assert_eq!(ws.challenge["seq"], 1);
 
     let refused = ws
-        .request("connect", json!({"minProtocol": 2, "maxProtocol": 3, "client": {"id": "x"}}))
+        .request(
+            "connect",
+            json!({"minProtocol": 2, "maxProtocol": 3, "client": {"id": "x"}}),
+        )
         .await;
     assert_eq!(refused["error"]["code"], "PROTOCOL_UNSUPPORTED");
     let mut ws = Ws::open(&gw.ws_url()).await;
@@ -60,7 +63,10 @@ async fn the_handshake_says_hello_then_ticks_and_broadcasts_run_events() {
 
     // Runs started elsewhere show up as gateway events.
     let launched = ws
-        .request("launchRun", json!({"workflow": "scripted", "runId": "b1", "input": script(task("a", json!({})))}))
+        .request(
+            "launchRun",
+            json!({"workflow": "scripted", "runId": "b1", "input": script(task("a", json!({})))}),
+        )
         .await;
     assert_eq!(launched["payload"]["runId"], "b1");
     let mut names = Vec::new();
@@ -70,8 +76,16 @@ async fn the_handshake_says_hello_then_ticks_and_broadcasts_run_events() {
             names.push(frame["event"].as_str().unwrap().to_string());
         }
     }
-    for expected in ["run.started", "node.started", "node.finished", "run.completed"] {
-        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+    for expected in [
+        "run.started",
+        "node.started",
+        "node.finished",
+        "run.completed",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
     }
 }
 
@@ -93,9 +107,13 @@ async fn read_run_events(ws: &mut Ws, limit: usize) -> Vec<Value> {
 #[tokio::test]
 async fn reconnecting_with_after_seq_delivers_every_event_exactly_once() {
     let gw = Gateway::start(SCRIPTED, &["fixture-scripted"]);
-    let input = script(json!({"appendSequence": {"count": 40, "path": "lines.txt", "sleepMs": 25}}));
-    gw.call("launchRun", json!({"workflow": "scripted", "runId": "long", "input": input}))
-        .await;
+    let input =
+        script(json!({"appendSequence": {"count": 40, "path": "lines.txt", "sleepMs": 25}}));
+    gw.call(
+        "launchRun",
+        json!({"workflow": "scripted", "runId": "long", "input": input}),
+    )
+    .await;
 
     // First connection: read part of the run, then drop the socket mid-run.
     let (mut ws, _) = gw.connect(None).await;
@@ -107,7 +125,10 @@ async fn reconnecting_with_after_seq_delivers_every_event_exactly_once() {
     assert_eq!(first.len(), 30);
     drop(ws);
     let status = gw.call("getRun", json!({"runId": "long"})).await;
-    assert_eq!(status["status"], "running", "the run is still going after the disconnect");
+    assert_eq!(
+        status["status"], "running",
+        "the run is still going after the disconnect"
+    );
 
     // Second connection resumes after the last seq it saw.
     let last = first.last().unwrap()["seq"].as_u64().unwrap();
@@ -134,7 +155,10 @@ async fn reconnecting_with_after_seq_delivers_every_event_exactly_once() {
         .iter()
         .filter(|f| f["event"] == "node.finished")
         .count()
-        + first.iter().filter(|f| f["event"] == "node.finished").count();
+        + first
+            .iter()
+            .filter(|f| f["event"] == "node.finished")
+            .count();
     assert_eq!(finished, 40);
 
     // A full replay of the finished run holds the same events.
@@ -143,7 +167,10 @@ async fn reconnecting_with_after_seq_delivers_every_event_exactly_once() {
     let replay = read_run_events(&mut ws, usize::MAX).await;
     assert_eq!(replay.len(), seqs.len());
     for (a, b) in replay.iter().zip(first.iter().chain(&rest)) {
-        assert_eq!((&a["seq"], &a["event"], &a["payload"]), (&b["seq"], &b["event"], &b["payload"]));
+        assert_eq!(
+            (&a["seq"], &a["event"], &a["payload"]),
+            (&b["seq"], &b["event"], &b["payload"])
+        );
     }
 }
 
@@ -158,9 +185,14 @@ event_window = 5
 path = "fixture-scripted.wasm"
 "#;
     let gw = Gateway::start(config, &["fixture-scripted"]);
-    let input = script(json!({"sequence": [task("a", json!({})), task("b", json!({})), task("c", json!({}))]}));
-    gw.call("launchRun", json!({"workflow": "scripted", "runId": "g1", "input": input}))
-        .await;
+    let input = script(
+        json!({"sequence": [task("a", json!({})), task("b", json!({})), task("c", json!({}))]}),
+    );
+    gw.call(
+        "launchRun",
+        json!({"workflow": "scripted", "runId": "g1", "input": input}),
+    )
+    .await;
     gw.wait_status("g1", "finished").await;
     let (mut ws, _) = gw.connect(None).await;
 
@@ -187,7 +219,9 @@ path = "fixture-scripted.wasm"
     // Out of range and unknown runs.
     let res = ws.stream("g1", Some(current + 1)).await;
     assert_eq!(res["error"]["code"], "SeqOutOfRange");
-    let res = ws.request("streamRunEvents", json!({"runId": "g1", "afterSeq": -1})).await;
+    let res = ws
+        .request("streamRunEvents", json!({"runId": "g1", "afterSeq": -1}))
+        .await;
     assert_eq!(res["error"]["code"], "SeqOutOfRange");
     let res = ws.stream("nope", None).await;
     assert_eq!(res["error"]["code"], "RunNotFound");
@@ -207,9 +241,14 @@ path = "fixture-scripted.wasm"
     let gw = Gateway::start(config, &["fixture-scripted"]);
     // ~12 MiB of events: far more than the socket buffers hold.
     let blob = "x".repeat(300 * 1024);
-    let input = script(json!({"loop": {"id": "l", "max": 40, "children": [task("emit", json!({"emit": blob}))]}}));
-    gw.call("launchRun", json!({"workflow": "scripted", "runId": "big", "input": input}))
-        .await;
+    let input = script(
+        json!({"loop": {"id": "l", "max": 40, "children": [task("emit", json!({"emit": blob}))]}}),
+    );
+    gw.call(
+        "launchRun",
+        json!({"workflow": "scripted", "runId": "big", "input": input}),
+    )
+    .await;
     gw.wait_status("big", "finished").await;
 
     let (mut ws, _) = gw.connect(None).await;
@@ -223,7 +262,10 @@ path = "fixture-scripted.wasm"
         if frame["event"] == "run.error" {
             break frame;
         }
-        assert_ne!(frame["payload"]["event"], "run.completed", "the slow consumer was never cut off");
+        assert_ne!(
+            frame["payload"]["event"], "run.completed",
+            "the slow consumer was never cut off"
+        );
         assert!(Instant::now() < deadline);
     };
     assert_eq!(error["payload"]["error"]["code"], "BackpressureDisconnect");
@@ -233,7 +275,10 @@ path = "fixture-scripted.wasm"
     assert_eq!(health["ok"], true);
     let (_, metrics) = gw.get("/metrics", &[]).await;
     assert!(
-        metrics.as_str().unwrap().contains("smithers_gateway_backpressure_disconnects_total 1"),
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("smithers_gateway_backpressure_disconnects_total 1"),
         "{metrics}"
     );
 }
@@ -295,7 +340,9 @@ schedule = "* * * * * *"
 
 /// Cron runs by tick, from `listRuns`.
 async fn cron_runs(gw: &Gateway) -> BTreeMap<i64, String> {
-    let runs = gw.call("listRuns", json!({"filter": {"limit": 1000}})).await;
+    let runs = gw
+        .call("listRuns", json!({"filter": {"limit": 1000}}))
+        .await;
     runs.as_array()
         .unwrap()
         .iter()

@@ -136,8 +136,10 @@ impl Authenticator {
                     .ok_or_else(|| RpcError::new(RpcCode::Unauthorized, "Invalid token"))?;
                 let now = now_ms();
                 if grant.revoked_at_ms.is_some_and(|at| at <= now) {
-                    return Err(RpcError::new(RpcCode::Unauthorized, "Token has been revoked")
-                        .with_details(json!({ "refresh": "smithers token issue" })));
+                    return Err(
+                        RpcError::new(RpcCode::Unauthorized, "Token has been revoked")
+                            .with_details(json!({ "refresh": "smithers token issue" })),
+                    );
                 }
                 if grant.expires_at_ms.is_some_and(|at| at <= now) {
                     return Err(RpcError::new(
@@ -433,7 +435,9 @@ pub fn has_approval_scope(granted: &[String], allowed: &str) -> bool {
         return false;
     }
     if !SCOPES.contains(&allowed) {
-        return granted.iter().any(|g| g.trim() == "*" || g.trim() == allowed);
+        return granted
+            .iter()
+            .any(|g| g.trim() == "*" || g.trim() == allowed);
     }
     has_scope(granted, allowed, None)
 }
@@ -448,15 +452,39 @@ mod tests {
 
     #[test]
     fn scopes_imply_like_smithers() {
-        assert!(has_scope(&scopes(&["run:write"]), "run:read", Some("getRun")));
-        assert!(!has_scope(&scopes(&["run:read"]), "run:write", Some("launchRun")));
+        assert!(has_scope(
+            &scopes(&["run:write"]),
+            "run:read",
+            Some("getRun")
+        ));
+        assert!(!has_scope(
+            &scopes(&["run:read"]),
+            "run:write",
+            Some("launchRun")
+        ));
         assert!(has_scope(&scopes(&["*"]), "cron:write", Some("cronCreate")));
-        assert!(has_scope(&scopes(&["cron:write"]), "cron:read", Some("cronList")));
-        assert!(!has_scope(&scopes(&["cron:read"]), "cron:write", Some("cronRun")));
+        assert!(has_scope(
+            &scopes(&["cron:write"]),
+            "cron:read",
+            Some("cronList")
+        ));
+        assert!(!has_scope(
+            &scopes(&["cron:read"]),
+            "cron:write",
+            Some("cronRun")
+        ));
         assert!(!has_scope(&scopes(&["run:admin"]), "approval:submit", None));
         assert!(has_scope(&scopes(&["getRun"]), "run:read", Some("getRun")));
-        assert!(!has_scope(&scopes(&["getRun"]), "run:write", Some("launchRun")));
-        assert!(has_scope(&scopes(&["cron.*"]), "cron:write", Some("cron.add")));
+        assert!(!has_scope(
+            &scopes(&["getRun"]),
+            "run:write",
+            Some("launchRun")
+        ));
+        assert!(has_scope(
+            &scopes(&["cron.*"]),
+            "cron:write",
+            Some("cron.add")
+        ));
         assert!(has_scope(&scopes(&["approve"]), "approval:submit", None));
         assert!(!has_scope(&scopes(&["read"]), "run:write", None));
         assert!(has_approval_scope(&scopes(&["run:admin"]), "run:write"));

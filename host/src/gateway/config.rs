@@ -203,7 +203,11 @@ pub enum AuthConfig {
 }
 
 fn default_trusted_headers() -> Vec<String> {
-    vec!["x-user-id".into(), "x-user-scopes".into(), "x-user-role".into()]
+    vec![
+        "x-user-id".into(),
+        "x-user-scopes".into(),
+        "x-user-role".into(),
+    ]
 }
 
 impl AuthConfig {
@@ -485,9 +489,8 @@ impl GatewayConfig {
                 )));
             }
             if let Some(pattern) = &workflow.schedule {
-                super::cron::parse_pattern(pattern).map_err(|e| {
-                    ConfigError::Invalid(format!("workflows.{key}.schedule: {e}"))
-                })?;
+                super::cron::parse_pattern(pattern)
+                    .map_err(|e| ConfigError::Invalid(format!("workflows.{key}.schedule: {e}")))?;
             }
             if let Some(webhook) = &mut workflow.webhook {
                 webhook.resolved_secret = resolve_secret(
@@ -571,6 +574,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        // Schema only: its secrets come from environment variables.
+        let config: GatewayConfig =
+            toml::from_str(include_str!("../../../examples/gateway.toml")).unwrap();
+        assert_eq!(config.workflows.len(), 2);
+        for workflow in config.workflows.values() {
+            let pattern = workflow.schedule.as_deref().unwrap();
+            super::super::cron::parse_pattern(pattern).unwrap();
+        }
+        assert_eq!(config.auth.unwrap().mode(), "token");
+    }
+
+    #[test]
     fn auth_modes_parse_with_their_fields() {
         let config = GatewayConfig::parse(
             r#"
@@ -584,10 +600,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.auth.unwrap().mode(), "token");
-        let config = GatewayConfig::parse(
-            "[auth]\nmode = \"jwt\"\nsecret = \"k\"\nissuer = \"me\"\n",
-        )
-        .unwrap();
+        let config =
+            GatewayConfig::parse("[auth]\nmode = \"jwt\"\nsecret = \"k\"\nissuer = \"me\"\n")
+                .unwrap();
         let Some(AuthConfig::Jwt(jwt)) = config.auth else {
             panic!()
         };

@@ -179,7 +179,9 @@ async fn find(gateway: &Gateway, cron_id: &str) -> Result<CronRow, RpcError> {
 
 /// `cronList {filter?: {workflow?}}`.
 pub async fn list(gateway: &Gateway, params: &Value) -> Result<Value, RpcError> {
-    let workflow = params.get("filter").and_then(|f| string_param(f, "workflow"));
+    let workflow = params
+        .get("filter")
+        .and_then(|f| string_param(f, "workflow"));
     let rows = gateway.engine.store().read(|r| r.crons()).await?;
     Ok(Value::Array(
         rows.into_iter()
@@ -204,8 +206,12 @@ pub async fn create(gateway: &Gateway, params: &Value) -> Result<Value, RpcError
         ));
     }
     parse_pattern(&pattern).map_err(RpcError::invalid)?;
-    let cron_id = string_param(params, "cronId").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let enabled = params.get("enabled").and_then(Value::as_bool).unwrap_or(true);
+    let cron_id =
+        string_param(params, "cronId").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let enabled = params
+        .get("enabled")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     gateway
         .engine
         .store()
@@ -241,7 +247,11 @@ pub async fn delete(gateway: &Gateway, params: &Value) -> Result<Value, RpcError
 }
 
 /// `cronRun {cronId? | workflow, input?}`: starts a run now, as the caller.
-pub async fn trigger(gateway: &Gateway, caller: &Caller, params: &Value) -> Result<Value, RpcError> {
+pub async fn trigger(
+    gateway: &Gateway,
+    caller: &Caller,
+    params: &Value,
+) -> Result<Value, RpcError> {
     let cron = match string_param(params, "cronId") {
         Some(id) => Some(find(gateway, &id).await?),
         None => None,
@@ -282,7 +292,10 @@ mod tests {
     #[test]
     fn patterns_with_and_without_seconds_give_the_next_tick() {
         // 2026-01-05 08:00:00 UTC is a Monday.
-        let monday_8 = Utc.with_ymd_and_hms(2026, 1, 5, 8, 0, 0).unwrap().timestamp_millis();
+        let monday_8 = Utc
+            .with_ymd_and_hms(2026, 1, 5, 8, 0, 0)
+            .unwrap()
+            .timestamp_millis();
         assert_eq!(next_tick("0 8 * * 1-5", monday_8 - 1), Some(monday_8));
         assert_eq!(
             next_tick("0 8 * * 1-5", monday_8),

@@ -102,7 +102,10 @@ pub async fn bridge(gateway: Arc<Gateway>) {
                 });
             }
             Err(RecvError::Lagged(n)) => {
-                tracing::warn!(skipped = n, "gateway event bridge lagged; live events were skipped (run streams are unaffected)");
+                tracing::warn!(
+                    skipped = n,
+                    "gateway event bridge lagged; live events were skipped (run streams are unaffected)"
+                );
             }
             Err(RecvError::Closed) => return,
         }
@@ -150,7 +153,12 @@ pub fn map_event(stored: &StoredEvent) -> (String, Value) {
         ),
         "RunFinished" => {
             let mut p = json!({ "runId": run_id, "status": "finished" });
-            if raw.get("failedChildren").and_then(Value::as_u64).unwrap_or(0) > 0 {
+            if raw
+                .get("failedChildren")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                > 0
+            {
                 p["failedChildren"] = field("failedChildren");
                 p["failedChildKeys"] = field("failedChildKeys");
             }

@@ -21,7 +21,10 @@ const DEFAULT_RUNS_LIMIT: u32 = 50;
 
 fn filter(params: &Value) -> &Value {
     static EMPTY: Value = Value::Null;
-    params.get("filter").filter(|f| f.is_object()).unwrap_or(&EMPTY)
+    params
+        .get("filter")
+        .filter(|f| f.is_object())
+        .unwrap_or(&EMPTY)
 }
 
 fn run_id_param(params: &Value) -> Result<RunId, RpcError> {
@@ -272,16 +275,19 @@ pub async fn submit_approval(
     params: &Value,
 ) -> Result<Value, RpcError> {
     let decision = params.get("decision").filter(|d| d.is_object());
-    let approved = params
-        .get("approved")
-        .and_then(Value::as_bool)
-        .or_else(|| decision.and_then(|d| d.get("approved")).and_then(Value::as_bool));
+    let approved = params.get("approved").and_then(Value::as_bool).or_else(|| {
+        decision
+            .and_then(|d| d.get("approved"))
+            .and_then(Value::as_bool)
+    });
     let (Some(raw_run), Some(node_id), Some(approved)) = (
         string_param(params, "runId"),
         string_param(params, "nodeId"),
         approved,
     ) else {
-        return Err(RpcError::invalid("runId, nodeId, and approved are required"));
+        return Err(RpcError::invalid(
+            "runId, nodeId, and approved are required",
+        ));
     };
     let iteration = non_negative_int(params.get("iteration"), "iteration")?.unwrap_or(0);
     let run_id = RunId::parse(&raw_run).map_err(|_| RpcError::run_not_found(&raw_run))?;
@@ -302,7 +308,12 @@ pub async fn submit_approval(
         )
     })?;
     if approval.status != ApprovalStatus::Requested {
-        return Err(already_decided(&raw_run, &node_id, iteration, approval.status));
+        return Err(already_decided(
+            &raw_run,
+            &node_id,
+            iteration,
+            approval.status,
+        ));
     }
     let request: Value = serde_json::from_str(&approval.request_json).unwrap_or(Value::Null);
     let allowed_users = string_list(request.get("allowedUsers"));
@@ -329,8 +340,8 @@ pub async fn submit_approval(
             "Connection is missing required approval scope",
         ));
     }
-    let note = string_param(params, "note")
-        .or_else(|| decision.and_then(|d| string_param(d, "note")));
+    let note =
+        string_param(params, "note").or_else(|| decision.and_then(|d| string_param(d, "note")));
     let outcome = gateway
         .engine
         .decide(
@@ -439,12 +450,15 @@ pub async fn get_node_output(gateway: &Gateway, params: &Value) -> Result<Value,
     }
     rows.sort_by_key(|n| n.key.iteration);
     let node = match iteration {
-        Some(i) => rows.into_iter().find(|n| n.key.iteration == i).ok_or_else(|| {
-            RpcError::new(
-                RpcCode::IterationNotFound,
-                format!("Iteration not found: {i}"),
-            )
-        })?,
+        Some(i) => rows
+            .into_iter()
+            .find(|n| n.key.iteration == i)
+            .ok_or_else(|| {
+                RpcError::new(
+                    RpcCode::IterationNotFound,
+                    format!("Iteration not found: {i}"),
+                )
+            })?,
         None => rows.pop().expect("not empty"),
     };
     let decode = |raw: &Option<String>| {

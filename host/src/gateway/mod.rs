@@ -34,11 +34,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub use self::serve::{GatewayError, serve};
 use self::auth::Authenticator;
 use self::config::{GatewayConfig, WorkflowConfig};
 use self::events::EventBridge;
 use self::rpc::{RpcCode, RpcError};
+pub use self::serve::{GatewayError, serve};
 use crate::engine::{Engine, EngineError, StartRequest};
 use crate::http::metrics::Metrics;
 use crate::model::{RunId, now_ms};
@@ -125,15 +125,54 @@ impl GatewayMetrics {
         use std::fmt::Write as _;
         let mut out = self.http.render(engine);
         for (name, kind, help, value) in [
-            ("smithers_gateway_connections_active", "gauge", "Open WebSocket connections", &self.ws_active),
-            ("smithers_gateway_connections_total", "counter", "WebSocket connections opened", &self.ws_total),
-            ("smithers_gateway_rpc_total", "counter", "WebSocket and HTTP RPC calls", &self.rpc_calls),
-            ("smithers_gateway_backpressure_disconnects_total", "counter", "Run streams dropped for slow consumers", &self.backpressure),
-            ("smithers_gateway_cron_triggers_total", "counter", "Cron ticks that started a run", &self.cron_fired),
-            ("smithers_gateway_webhooks_accepted_total", "counter", "Webhook deliveries accepted", &self.webhooks_accepted),
-            ("smithers_gateway_webhooks_rejected_total", "counter", "Webhook deliveries refused", &self.webhooks_rejected),
+            (
+                "smithers_gateway_connections_active",
+                "gauge",
+                "Open WebSocket connections",
+                &self.ws_active,
+            ),
+            (
+                "smithers_gateway_connections_total",
+                "counter",
+                "WebSocket connections opened",
+                &self.ws_total,
+            ),
+            (
+                "smithers_gateway_rpc_total",
+                "counter",
+                "WebSocket and HTTP RPC calls",
+                &self.rpc_calls,
+            ),
+            (
+                "smithers_gateway_backpressure_disconnects_total",
+                "counter",
+                "Run streams dropped for slow consumers",
+                &self.backpressure,
+            ),
+            (
+                "smithers_gateway_cron_triggers_total",
+                "counter",
+                "Cron ticks that started a run",
+                &self.cron_fired,
+            ),
+            (
+                "smithers_gateway_webhooks_accepted_total",
+                "counter",
+                "Webhook deliveries accepted",
+                &self.webhooks_accepted,
+            ),
+            (
+                "smithers_gateway_webhooks_rejected_total",
+                "counter",
+                "Webhook deliveries refused",
+                &self.webhooks_rejected,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         out
     }
@@ -168,13 +207,14 @@ impl Gateway {
         let mut workflows = BTreeMap::new();
         let mut by_path = HashMap::new();
         for (key, workflow) in &config.workflows {
-            let (path, loaded) = engine
-                .load_workflow(&workflow.path)
-                .await
-                .map_err(|e| GatewayError::Workflow {
-                    key: key.clone(),
-                    message: e.to_string(),
-                })?;
+            let (path, loaded) =
+                engine
+                    .load_workflow(&workflow.path)
+                    .await
+                    .map_err(|e| GatewayError::Workflow {
+                        key: key.clone(),
+                        message: e.to_string(),
+                    })?;
             let path = path.display().to_string();
             by_path.entry(path.clone()).or_insert_with(|| key.clone());
             workflows.insert(
@@ -313,9 +353,9 @@ impl Gateway {
         run_id: Option<String>,
         max_concurrency: Option<u32>,
     ) -> Result<Value, RpcError> {
-        let workflow = self.registered(key).ok_or_else(|| {
-            RpcError::new(RpcCode::NotFound, format!("Unknown workflow: {key}"))
-        })?;
+        let workflow = self
+            .registered(key)
+            .ok_or_else(|| RpcError::new(RpcCode::NotFound, format!("Unknown workflow: {key}")))?;
         let started = self
             .engine
             .start(StartRequest {
@@ -327,7 +367,9 @@ impl Gateway {
             })
             .await;
         match started {
-            Ok(run_id) => Ok(json!({ "runId": run_id, "workflow": key, "system": workflow.config.system })),
+            Ok(run_id) => {
+                Ok(json!({ "runId": run_id, "workflow": key, "system": workflow.config.system }))
+            }
             Err(EngineError::RunAlreadyExists(id)) => Err(RpcError::new(
                 RpcCode::Conflict,
                 format!("Run {id} already exists"),
@@ -341,7 +383,9 @@ impl Gateway {
     pub fn connection_opened(&self) -> bool {
         let max = self.config.limits.max_connections;
         self.connections
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 

@@ -225,7 +225,8 @@ async fn rpc_call(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let fail = |id: &str, error: RpcError| frame_response(error.status, &response_error(id, &error));
+    let fail =
+        |id: &str, error: RpcError| frame_response(error.status, &response_error(id, &error));
     if let Err(e) = gateway.auth.check_request(&headers) {
         return fail(&request_id, e);
     }
@@ -239,7 +240,12 @@ async fn rpc_call(
     };
     let body = match parse_json(&bytes) {
         Ok(Value::Object(map)) => Value::Object(map),
-        Ok(_) => return fail(&request_id, RpcError::invalid("RPC body must be a JSON object")),
+        Ok(_) => {
+            return fail(
+                &request_id,
+                RpcError::invalid("RPC body must be a JSON object"),
+            );
+        }
         Err(e) => return fail(&request_id, e.into()),
     };
     let id = body
@@ -371,8 +377,16 @@ pub async fn serve(
         }
     };
     cron::sync_config(&gateway).await?;
-    match gateway.engine.store().read(|r| r.pending_approvals(u32::MAX)).await {
-        Ok(pending) => gateway.metrics.http.set_pending_approvals(pending.len() as i64),
+    match gateway
+        .engine
+        .store()
+        .read(|r| r.pending_approvals(u32::MAX))
+        .await
+    {
+        Ok(pending) => gateway
+            .metrics
+            .http
+            .set_pending_approvals(pending.len() as i64),
         Err(e) => tracing::warn!(error = %e, "cannot count pending approvals"),
     }
     tokio::spawn(
@@ -386,7 +400,9 @@ pub async fn serve(
     let poll = Duration::from_millis(gateway.config.heartbeat_ms.clamp(100, 1000));
     tokio::spawn(cron::scheduler(gateway.clone(), poll));
     match gateway.engine.recover().await {
-        Ok(runs) if !runs.is_empty() => tracing::info!(count = runs.len(), "resumed interrupted runs"),
+        Ok(runs) if !runs.is_empty() => {
+            tracing::info!(count = runs.len(), "resumed interrupted runs")
+        }
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
     }

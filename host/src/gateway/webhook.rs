@@ -140,9 +140,20 @@ pub async fn handle(gateway: &Gateway, key: &str, headers: &HeaderMap, body: Byt
             None => waiting,
         };
         for run_id in &matched {
-            match deliver(gateway, run_id, &signal.name, &data, &correlation_id, &trigger).await {
+            match deliver(
+                gateway,
+                run_id,
+                &signal.name,
+                &data,
+                &correlation_id,
+                &trigger,
+            )
+            .await
+            {
                 Ok(receipt) => delivered.push(receipt),
-                Err(e) => tracing::warn!(run = %run_id, error = %e.message, "webhook signal not delivered"),
+                Err(e) => {
+                    tracing::warn!(run = %run_id, error = %e.message, "webhook signal not delivered")
+                }
             }
         }
     }

@@ -288,10 +288,12 @@ async fn handle_frame(
         identity,
         websocket: true,
     };
-    Some(match rpc::dispatch(gateway, &caller, method, &params).await {
-        Ok(payload) => response_ok(id, payload),
-        Err(error) => response_error(id, &error),
-    })
+    Some(
+        match rpc::dispatch(gateway, &caller, method, &params).await {
+            Ok(payload) => response_ok(id, payload),
+            Err(error) => response_error(id, &error),
+        },
+    )
 }
 
 /// `connect`: negotiates the protocol, authenticates, answers `hello`.
@@ -338,12 +340,15 @@ async fn connect(
         conn.counted.store(true, Ordering::SeqCst);
         start_connection_tasks(gateway, conn);
     }
-    let subscribe = params.get("subscribe").and_then(Value::as_array).map(|ids| {
-        ids.iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect::<HashSet<_>>()
-    });
+    let subscribe = params
+        .get("subscribe")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect::<HashSet<_>>()
+        });
     *conn.subscribed.lock().expect("subscribe lock") = subscribe;
     *conn.identity.lock().expect("identity lock") = Some(identity.clone());
     Ok(json!({

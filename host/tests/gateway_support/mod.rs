@@ -140,7 +140,11 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "gateway exited with {status}:\n{}", self.log());
+                assert!(
+                    status.success(),
+                    "gateway exited with {status}:\n{}",
+                    self.log()
+                );
                 return;
             }
             assert!(
@@ -172,7 +176,8 @@ impl Gateway {
     pub async fn rpc(&self, method: &str, params: Value, token: Option<&str>) -> (u16, Value) {
         let headers = auth_headers(token);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.post(&format!("/v1/rpc/{method}"), params, &pairs).await
+        self.post(&format!("/v1/rpc/{method}"), params, &pairs)
+            .await
     }
 
     /// An RPC that must succeed; its payload.
@@ -323,7 +328,11 @@ impl Ws {
     }
 
     /// `connect`; the hello payload, or the error frame.
-    pub async fn connect(&mut self, token: Option<&str>, subscribe: Option<Vec<&str>>) -> Result<Value, Value> {
+    pub async fn connect(
+        &mut self,
+        token: Option<&str>,
+        subscribe: Option<Vec<&str>>,
+    ) -> Result<Value, Value> {
         let mut params = json!({
             "minProtocol": 1, "maxProtocol": 1,
             "client": { "id": "gateway-tests", "version": "0", "platform": "rust" },
