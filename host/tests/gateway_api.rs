@@ -511,6 +511,17 @@ async fn token_mode_grants_roles_and_scopes_and_enforces_approval_restrictions()
     assert_eq!(status, 200);
     let (status, frame) = gw
         .rpc(
+            "submitSignal",
+            json!({"runId": "any", "signalName": "go"}),
+            Some("reader-token"),
+        )
+        .await;
+    assert_eq!(
+        (status, frame["error"]["requiredScope"].clone()),
+        (403, json!("signal:submit"))
+    );
+    let (status, frame) = gw
+        .rpc(
             "cronCreate",
             json!({"workflow": "scripted", "pattern": "* * * * *"}),
             Some("reader-token"),
@@ -943,4 +954,46 @@ input_path = "input"
         (status, body["error"]["code"].clone()),
         (404, json!("NOT_FOUND"))
     );
+}
+
+#[tokio::test]
+async fn a_unix_socket_serves_the_same_routes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gw.sock");
+    let config = format!(
+        "[listen]\nsocket = \"{}\"\n[workflows.scripted]\npath = \"fixture-scripted.wasm\"\n",
+        socket.display()
+    );
+    let gw = Gateway::start(&config, &["fixture-scripted"]);
+    assert_eq!(gw.base, format!("unix:{}", socket.display()));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "only the owner may connect");
+    let request = |head: String| {
+        let socket = socket.clone();
+        async move {
+            let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut raw = String::new();
+            tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut raw))
+                .await
+                .unwrap()
+                .unwrap();
+            raw
+        }
+    };
+    let health =
+        request("GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into())
+            .await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"protocol\":1"), "{health}");
+    let body = r#"{"workflow":"scripted","input":{"root":{"task":{"id":"a"}}}}"#;
+    let launched = request(format!(
+        "POST /v1/rpc/launchRun HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    assert!(launched.starts_with("HTTP/1.1 200"), "{launched}");
+    assert!(launched.contains("\"workflow\":\"scripted\""), "{launched}");
 }
