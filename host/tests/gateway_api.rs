@@ -997,3 +997,34 @@ async fn a_unix_socket_serves_the_same_routes() {
     assert!(launched.starts_with("HTTP/1.1 200"), "{launched}");
     assert!(launched.contains("\"workflow\":\"scripted\""), "{launched}");
 }
+
+#[tokio::test]
+async fn a_token_revoked_in_the_config_is_refused_after_sighup() {
+    let config = |revoked: &str| {
+        format!(
+            "[listen]\nport = 0\n[auth]\nmode = \"token\"\n\
+             [auth.tokens.keep]\nrole = \"operator\"\nscopes = [\"*\"]\n\
+             [auth.tokens.leaver]\nrole = \"operator\"\nscopes = [\"*\"]\n{revoked}\n\
+             [workflows.scripted]\npath = \"fixture-scripted.wasm\"\n"
+        )
+    };
+    let mut gw = Gateway::start(&config(""), &["fixture-scripted"]);
+    assert_eq!(gw.rpc("listRuns", json!({}), Some("leaver")).await.0, 200);
+    gw.reload(&config("revoked_at_ms = 1"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, frame) = gw.rpc("listRuns", json!({}), Some("leaver")).await;
+        if status == 401 {
+            assert_eq!(frame["error"]["message"], "Token has been revoked");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never revoked:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.rpc("listRuns", json!({}), Some("keep")).await.0, 200);
+    // A broken file is ignored: the last good auth stays.
+    gw.reload("[auth]\nmode = \"nonsense\"\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.rpc("listRuns", json!({}), Some("keep")).await.0, 200);
+    assert!(gw.log().contains("config not reloaded"), "{}", gw.log());
+}

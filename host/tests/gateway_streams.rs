@@ -374,3 +374,24 @@ async fn gw_status_after_stop(gw: &Gateway, run: &str) -> String {
     app.close().await;
     status
 }
+
+#[tokio::test]
+async fn a_socket_that_never_connects_is_closed_at_the_auth_deadline() {
+    let config = r#"
+[listen]
+port = 0
+[limits]
+auth_deadline_ms = 300
+[workflows.scripted]
+path = "fixture-scripted.wasm"
+"#;
+    let gw = Gateway::start(config, &["fixture-scripted"]);
+    let started = Instant::now();
+    let mut silent = Ws::open(&gw.ws_url()).await;
+    assert!(silent.next_frame().await.is_none(), "closed by the server");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A socket that connects in time stays.
+    let (mut ws, _) = gw.connect(None).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ws.request("health", json!({})).await["ok"], true);
+}

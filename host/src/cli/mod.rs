@@ -297,7 +297,7 @@ async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
             return EXIT_REFUSED;
         }
     };
-    match crate::gateway::serve(app, gateway_config, shutdown_signal()).await {
+    match crate::gateway::serve(app, gateway_config, Some(args.config), shutdown_signal()).await {
         Ok(()) => EXIT_FINISHED,
         Err(e) => {
             eprintln!("smithers-host: {e}");

@@ -184,8 +184,8 @@ pub struct Gateway {
     pub engine: Engine,
     /// The configuration.
     pub config: GatewayConfig,
-    /// Credential checks.
-    pub auth: Authenticator,
+    /// Credential checks; replaced when `[auth]` is reloaded (SIGHUP).
+    auth: std::sync::RwLock<Arc<Authenticator>>,
     /// Event fan-out and `stateVersion`.
     pub events: EventBridge,
     /// Metrics.
@@ -197,6 +197,7 @@ pub struct Gateway {
     root_dir: PathBuf,
     started_at_ms: i64,
     connections: AtomicUsize,
+    trust_any_host: bool,
 }
 
 impl Gateway {
@@ -228,7 +229,12 @@ impl Gateway {
             );
         }
         Ok(Self {
-            auth: Authenticator::new(config.auth.clone(), config.listen.insecure, trust_any_host),
+            auth: std::sync::RwLock::new(Arc::new(Authenticator::new(
+                config.auth.clone(),
+                config.listen.insecure,
+                trust_any_host,
+            ))),
+            trust_any_host,
             root_dir: engine.root_dir().to_path_buf(),
             engine,
             config,
@@ -240,6 +246,19 @@ impl Gateway {
             started_at_ms: now_ms(),
             connections: AtomicUsize::new(0),
         })
+    }
+
+    /// The current credential checks.
+    pub fn auth(&self) -> Arc<Authenticator> {
+        self.auth.read().expect("auth lock").clone()
+    }
+
+    /// Replaces the `[auth]` section (a config reload): new requests and
+    /// `connect` frames use it; sockets already connected keep their identity.
+    pub fn reload_auth(&self, auth: Option<config::AuthConfig>) {
+        let next = Authenticator::new(auth, self.config.listen.insecure, self.trust_any_host);
+        tracing::info!(mode = next.mode(), "reloaded [auth]");
+        *self.auth.write().expect("auth lock") = Arc::new(next);
     }
 
     /// A registered workflow by key.

@@ -114,8 +114,8 @@ async fn observe(
 
 /// Host/Origin gate, credentials and the method's scope.
 fn authorize(gateway: &Gateway, headers: &HeaderMap, method: &str) -> Result<Identity, RpcError> {
-    gateway.auth.check_request(headers)?;
-    let identity = gateway.auth.authenticate(headers, None)?;
+    gateway.auth().check_request(headers)?;
+    let identity = gateway.auth().authenticate(headers, None)?;
     if !identity.may_call(method) {
         return Err(RpcError::missing_scope(method));
     }
@@ -168,7 +168,7 @@ async fn upgrade(
     let Ok(upgrade) = upgrade else {
         return ops::not_found().await.into_response();
     };
-    if let Err(e) = gateway.auth.check_request(&headers) {
+    if let Err(e) = gateway.auth().check_request(&headers) {
         return plain_error(&e);
     }
     let open = gateway.metrics.ws_active_count() as usize;
@@ -227,10 +227,10 @@ async fn rpc_call(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let fail =
         |id: &str, error: RpcError| frame_response(error.status, &response_error(id, &error));
-    if let Err(e) = gateway.auth.check_request(&headers) {
+    if let Err(e) = gateway.auth().check_request(&headers) {
         return fail(&request_id, e);
     }
-    let identity = match gateway.auth.authenticate(&headers, None) {
+    let identity = match gateway.auth().authenticate(&headers, None) {
         Ok(identity) => identity,
         Err(e) => return fail(&request_id, e),
     };
@@ -354,12 +354,15 @@ async fn bind(config: &GatewayConfig) -> Result<(Listener, String), GatewayError
 
 /// Serves the gateway until `shutdown` resolves: loads the workflows, binds,
 /// syncs the schedules, resumes interrupted runs, prints `smithers-host
-/// gateway listening on <url>` on stdout and accepts connections. At
-/// shutdown it closes sockets and streams, drains requests and closes the
-/// app; runs stay durable.
+/// gateway listening on <url>` on stdout and accepts connections. With
+/// `config_path`, SIGHUP re-reads that file and applies its `[auth]` section
+/// (new tokens, revocations) without a restart. At shutdown it closes
+/// sockets and streams, drains requests and closes the app; runs stay
+/// durable.
 pub async fn serve(
     app: App,
     config: GatewayConfig,
+    config_path: Option<std::path::PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let gateway = match Gateway::open(app.engine.clone(), config).await {
@@ -406,6 +409,9 @@ pub async fn serve(
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
     }
+    if let Some(path) = config_path {
+        reload_auth_on_sighup(gateway.clone(), path);
+    }
     announce(&url, &gateway);
     let router = router(gateway.clone());
     accept_until(listener, router, shutdown, &gateway).await;
@@ -414,12 +420,39 @@ pub async fn serve(
     Ok(())
 }
 
+/// Re-reads the config on SIGHUP and applies its `[auth]`; a file that no
+/// longer parses is logged and ignored (the old auth stays). The handler is
+/// installed before this returns, so a SIGHUP after the "listening" line can
+/// never take the default action (terminate).
+fn reload_auth_on_sighup(gateway: Shared, path: std::path::PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; [auth] reloads need a restart");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = gateway.shutdown.cancelled() => return,
+                _ = hangups.recv() => {}
+            }
+            match GatewayConfig::load(&path) {
+                Ok(config) => gateway.reload_auth(config.auth),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: config not reloaded"),
+            }
+        }
+    });
+}
+
 fn announce(url: &str, gateway: &Gateway) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "smithers-host gateway listening on {url}");
     let _ = stdout.flush();
-    tracing::info!(%url, auth = gateway.auth.mode(), workflows = gateway.config.workflows.len(), "gateway listening");
+    tracing::info!(%url, auth = gateway.auth().mode(), workflows = gateway.config.workflows.len(), "gateway listening");
 }
 
 async fn accept_until(

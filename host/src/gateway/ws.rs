@@ -329,7 +329,7 @@ async fn connect(
         .get("auth")
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str);
-    let identity = gateway.auth.authenticate(headers, token)?;
+    let identity = gateway.auth().authenticate(headers, token)?;
     if !conn.counted.load(Ordering::SeqCst) {
         if !gateway.connection_opened() {
             return Err(RpcError::new(

@@ -127,6 +127,19 @@ impl Gateway {
         self.child = Some(child);
     }
 
+    /// Rewrites the config file and sends SIGHUP (the gateway re-reads
+    /// its `[auth]`).
+    pub fn reload(&mut self, config: &str) {
+        self.config = config.to_string();
+        std::fs::write(self.config_path(), &self.config).unwrap();
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    }
+
     /// SIGTERM, then waits for a clean exit (bounded).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
