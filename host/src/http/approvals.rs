@@ -2,12 +2,12 @@
 //! signals. The engine resumes a parked run by itself once its input arrived,
 //! so none of these needs a follow-up resume call.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{JsonBody, opt_string};
+use super::extract::{JsonBody, PathParams, opt_string};
 use super::runs::path_run_id;
 use super::{ApiState, ok};
 use crate::engine::{ApprovalDecision, Engine};
@@ -16,7 +16,7 @@ use crate::model::RunId;
 /// `POST /v1/runs/:runId/nodes/:nodeId/approve`.
 pub async fn approve(
     State(state): State<ApiState>,
-    Path((run, node)): Path<(String, String)>,
+    PathParams((run, node)): PathParams<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     decide_of(&state.engine, path_run_id(&run)?, node, &body, true).await
@@ -25,7 +25,7 @@ pub async fn approve(
 /// `POST /v1/runs/:runId/nodes/:nodeId/deny`.
 pub async fn deny(
     State(state): State<ApiState>,
-    Path((run, node)): Path<(String, String)>,
+    PathParams((run, node)): PathParams<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     decide_of(&state.engine, path_run_id(&run)?, node, &body, false).await
@@ -72,7 +72,7 @@ pub async fn list(State(state): State<ApiState>) -> Result<Response, ApiError> {
 /// `POST /v1/runs/:runId/signals/:name` and the legacy `POST /signal/:runId/:name`.
 pub async fn signal(
     State(state): State<ApiState>,
-    Path((run, name)): Path<(String, String)>,
+    PathParams((run, name)): PathParams<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let run_id = path_run_id(&run)?;

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::pin::pin;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use futures::StreamExt;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{QueryParams, optional_int};
+use super::extract::{PathParams, QueryParams, optional_int};
 use super::runs::path_run_id;
 use crate::engine::events::follow;
 use crate::model::RunId;
@@ -32,7 +32,7 @@ const RETRY: Duration = Duration::from_millis(1000);
 /// `GET /v1/runs/:runId/events?afterSeq=N` (or `Last-Event-ID: N`).
 pub async fn stream(
     State(state): State<ApiState>,
-    Path(raw): Path<String>,
+    PathParams(raw): PathParams<String>,
     query: QueryParams,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

@@ -143,6 +143,27 @@ pub fn exceeds_depth(bytes: &[u8], max: usize) -> bool {
     false
 }
 
+/// Path parameters. A segment that does not decode (invalid UTF-8 after
+/// percent-decoding) is a 400 `INVALID_REQUEST` in our envelope, not axum's
+/// plain-text rejection.
+#[derive(Debug, Clone)]
+pub struct PathParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathParams<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|e| ApiError::invalid(e.body_text()))
+    }
+}
+
 /// Query parameters in order, percent-decoded; the first occurrence of a name
 /// wins (as `URLSearchParams.get`).
 #[derive(Debug, Clone, Default)]

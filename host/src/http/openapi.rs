@@ -312,6 +312,10 @@ pub fn codes_of(operation: &Operation) -> Vec<ErrorCode> {
             E::RequestTimeout,
         ]),
     }
+    if operation.path.contains('{') {
+        // A path segment that is not UTF-8 once decoded.
+        codes.push(E::InvalidRequest);
+    }
     codes.extend(operation.codes);
     codes.push(E::ServerError);
     codes

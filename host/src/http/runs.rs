@@ -4,14 +4,14 @@
 //! answer. The `*_of` functions take a run id rather than a path so serve
 //! mode can mount single-run variants of the same behaviour.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::ApiState;
 use super::error::{ApiError, ErrorCode};
-use super::extract::{JsonBody, QueryParams, optional_int, positive_int, truthy};
+use super::extract::{JsonBody, PathParams, QueryParams, optional_int, positive_int, truthy};
 use super::ok;
 use crate::engine::views::{RunFacts, RunStateView, derive_run_state, owner_alive_locally};
 use crate::engine::{Engine, ResumeOutcome, StartRequest};
@@ -113,7 +113,7 @@ pub async fn start(
 /// remembers its workflow).
 pub async fn resume(
     State(state): State<ApiState>,
-    Path(raw): Path<String>,
+    PathParams(raw): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let body = RunBody::parse(&body, false)?;
@@ -142,7 +142,7 @@ pub async fn resume_of(
 /// `POST /v1/runs/:runId/cancel`.
 pub async fn cancel(
     State(state): State<ApiState>,
-    Path(raw): Path<String>,
+    PathParams(raw): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let outcome = state.engine.cancel(&path_run_id(&raw)?).await?;
     Ok(ok(&outcome))
@@ -151,7 +151,7 @@ pub async fn cancel(
 /// `GET /v1/runs/:runId`.
 pub async fn status(
     State(state): State<ApiState>,
-    Path(raw): Path<String>,
+    PathParams(raw): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let view = status_of(&state.engine, path_run_id(&raw)?).await?;
     Ok(ok(&view))
@@ -268,7 +268,7 @@ pub async fn list(State(state): State<ApiState>, query: QueryParams) -> Result<R
 /// `GET /v1/runs/:runId/frames?limit&afterFrameNo`: newest first.
 pub async fn frames(
     State(state): State<ApiState>,
-    Path(raw): Path<String>,
+    PathParams(raw): PathParams<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let run_id = path_run_id(&raw)?;

@@ -6,7 +6,7 @@
 //! the same auth, Host/Origin gate, error envelope, SSE and metrics.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::auth::AccessPolicy;
 use super::error::{ApiError, ErrorCode};
-use super::extract::{JsonBody, QueryParams, opt_string};
+use super::extract::{JsonBody, PathParams, QueryParams, opt_string};
 use super::{ApiState, approvals, events, finish, ok, ops, runs};
 use crate::model::RunId;
 
@@ -101,7 +101,7 @@ async fn frames(State(s): State<ServeState>, query: QueryParams) -> Result<Respo
 /// `POST /approve/:nodeId` with `{iteration?, note?, decidedBy?}`.
 async fn approve(
     State(s): State<ServeState>,
-    Path(node_id): Path<String>,
+    PathParams(node_id): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     approvals::decide_of(&s.api.engine, s.run_id, node_id, &body, true).await
@@ -110,7 +110,7 @@ async fn approve(
 /// `POST /deny/:nodeId` with `{iteration?, note?, decidedBy?}`.
 async fn deny(
     State(s): State<ServeState>,
-    Path(node_id): Path<String>,
+    PathParams(node_id): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     approvals::decide_of(&s.api.engine, s.run_id, node_id, &body, false).await
@@ -132,7 +132,7 @@ async fn cancel(State(s): State<ServeState>) -> Result<Response, ApiError> {
 /// `POST /signal/:name` with `{data?, correlationId?, receivedBy?}`.
 async fn signal(
     State(s): State<ServeState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let data = match body.get("data") {
