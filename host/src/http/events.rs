@@ -52,16 +52,22 @@ pub async fn stream(
 }
 
 /// Where a stream resumes: `Last-Event-ID` wins over `afterSeq`; -1 = from
-/// the beginning.
+/// the beginning. A malformed `afterSeq` is refused even when the header
+/// wins, rather than silently ignored.
 pub fn resume_point(headers: &HeaderMap, query: &QueryParams) -> Result<i64, ApiError> {
+    let after_seq = optional_int(query.get("afterSeq"), -1)?;
     match headers.get("last-event-id") {
         Some(value) => {
+            // Unlike `afterSeq` (where Smithers reads "" as 0), an empty id
+            // is refused: read as 0 it would silently skip event 0.
             let text = value
                 .to_str()
-                .map_err(|_| ApiError::invalid("Last-Event-ID must be a number"))?;
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a number"))?;
             optional_int(Some(text), -1)
         }
-        None => optional_int(query.get("afterSeq"), -1),
+        None => Ok(after_seq),
     }
 }
 
