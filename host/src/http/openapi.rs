@@ -455,9 +455,11 @@ fn parameters(operation: &Operation) -> Vec<Value> {
 
 fn request_body(id: &str) -> Option<Value> {
     let run_config = json!({
-        "type": "object",
-        "properties": { "maxConcurrency": { "type": ["number", "string"], "description": "positive" } },
+        "description": "other types are ignored",
+        "properties": { "maxConcurrency": { "type": ["number", "string"], "exclusiveMinimum": 0, "description": "a positive number (or numeric string), floored to at least 1" } },
     });
+    // Smithers ignores a non-string value of these fields silently.
+    let lenient_string = json!({ "description": "a string; other types are ignored" });
     Some(match id {
         "startRun" => json!({
             "type": "object",
@@ -465,32 +467,32 @@ fn request_body(id: &str) -> Option<Value> {
             "properties": {
                 "workflowPath": { "type": "string", "minLength": 1, "description": "a .wasm component or a guest crate dir under the root dir" },
                 "input": { "type": "object" },
-                "runId": { "type": "string", "minLength": 1, "maxLength": 256 },
+                "runId": { "type": ["string", "null"], "minLength": 1, "maxLength": 256, "pattern": "^[^/\\u0000-\\u001f\\u007f-\\u009f]*$", "description": "at most 256 bytes, no '/' or control characters; default: a UUID" },
                 "resume": { "description": "truthy: resume runId instead of starting" },
                 "config": run_config,
             },
         }),
         "resumeRun" => json!({
-            "type": "object",
+            "description": "a non-object body counts as {}",
             "properties": {
                 "workflowPath": { "type": ["string", "null"], "minLength": 1, "description": "default: the run's own" },
                 "config": run_config,
             },
         }),
         "approveNode" | "denyNode" => json!({
-            "type": "object",
+            "description": "a non-object body counts as {}",
             "properties": {
                 "iteration": { "type": ["integer", "null"], "minimum": 0, "maximum": u32::MAX },
-                "note": { "type": "string" },
-                "decidedBy": { "type": "string" },
+                "note": lenient_string,
+                "decidedBy": lenient_string,
             },
         }),
         "sendSignal" | "sendSignalLegacy" => json!({
-            "type": "object",
+            "description": "a non-object body counts as {}",
             "properties": {
                 "data": { "description": "the payload (default {})" },
-                "correlationId": { "type": "string" },
-                "receivedBy": { "type": "string" },
+                "correlationId": lenient_string,
+                "receivedBy": lenient_string,
             },
         }),
         "preflightWorkflow" => json!({
@@ -510,7 +512,16 @@ fn ok_content(id: &str) -> Value {
     let json_of = |schema: Value| json!({ "application/json": { "schema": schema } });
     match id {
         "metrics" => json!({ "text/plain": { "schema": { "type": "string" } } }),
-        "streamEvents" => json!({ "text/event-stream": { "schema": { "type": "string" } } }),
+        // Schemas of text/event-stream describe one event.
+        "streamEvents" => json!({ "text/event-stream": { "schema": {
+            "type": "object",
+            "properties": {
+                "event": { "const": "smithers" },
+                "id": { "type": "string", "pattern": "^[0-9]+$" },
+                "data": { "type": "string", "contentMediaType": "application/json" },
+                "retry": { "type": "integer" },
+            },
+        } } }),
         "openapi" => json_of(json!({ "type": "object" })),
         "health" => json_of(schema_ref("Health")),
         "startRun" | "resumeRun" => json_of(schema_ref("RunRef")),
