@@ -476,7 +476,9 @@ pub enum EventBody {
         tool_call_id: String,
         /// `bash`.
         tool_name: String,
-        /// Number of the call within the attempt, from 0.
+        /// Number of the call within the attempt, from 0. On the wire
+        /// `toolCallSeq`: `seq` is the event's own place in the run's log.
+        #[serde(rename = "toolCallSeq")]
         seq: u32,
     },
     /// A tool call ended.
@@ -491,7 +493,8 @@ pub enum EventBody {
         tool_call_id: String,
         /// `bash`.
         tool_name: String,
-        /// Number of the call within the attempt.
+        /// Number of the call within the attempt (`toolCallSeq`).
+        #[serde(rename = "toolCallSeq")]
         seq: u32,
         /// `success` or `error`.
         status: String,
@@ -613,6 +616,30 @@ mod tests {
         assert_eq!(json["nodeId"], "a");
         assert_eq!(json["seq"], 3);
         assert_eq!(json["timestampMs"], 42);
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn a_tool_call_event_has_one_seq_the_events() {
+        let event = Event {
+            run_id: RunId::parse("r1").unwrap(),
+            seq: 5,
+            timestamp_ms: 42,
+            body: EventBody::ToolCallStarted {
+                node_id: "a".into(),
+                iteration: 0,
+                attempt: 1,
+                tool_call_id: "c".into(),
+                tool_name: "bash".into(),
+                seq: 0,
+            },
+        };
+        let text = event.to_json();
+        assert_eq!(text.matches("\"seq\"").count(), 1, "{text}");
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["seq"], 5);
+        assert_eq!(json["toolCallSeq"], 0);
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
     }

@@ -121,13 +121,18 @@ impl Printer {
                 )
             }
             "ToolCallStarted" => {
-                format!("  ⚙ {} {} call {} started", node(), s("toolName"), n("seq"))
+                format!(
+                    "  ⚙ {} {} call {} started",
+                    node(),
+                    s("toolName"),
+                    n("toolCallSeq")
+                )
             }
             "ToolCallFinished" => format!(
                 "  ⚙ {} {} call {} {} in {} ms{}",
                 node(),
                 s("toolName"),
-                n("seq"),
+                n("toolCallSeq"),
                 match e.get("exitCode").and_then(Value::as_i64) {
                     Some(code) => format!("exited {code}"),
                     None => s("status"),
