@@ -45,6 +45,8 @@ pub const PROTOCOL: u64 = 1;
 const RUN_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Control frames queued before the connection is dropped.
 const CONTROL_QUEUE: usize = 256;
+/// How long a close frame may take to leave.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 enum Out {
     Response(Value),
@@ -194,7 +196,7 @@ async fn write_frames(
             out = control.recv() => out,
             _ = closed.cancelled() => {
                 let code = if gateway.shutdown.is_cancelled() { 1001 } else { 1000 };
-                let _ = sink.send(close(code, "closing")).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(code, "closing"))).await;
                 break;
             }
             out = data.recv() => out,
@@ -202,7 +204,7 @@ async fn write_frames(
         let message = match out {
             None => break,
             Some(Out::Close(code, reason)) => {
-                let _ = sink.send(close(code, reason)).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(code, reason))).await;
                 closed.cancel();
                 break;
             }
@@ -221,7 +223,13 @@ async fn write_frames(
                 Message::Text(frame.to_string().into())
             }
         };
-        if sink.send(message).await.is_err() {
+        // A client that stopped reading blocks this send; closing the
+        // connection (or the gateway) must still end it.
+        let sent = tokio::select! {
+            sent = sink.send(message) => sent.is_ok(),
+            _ = closed.cancelled() => false,
+        };
+        if !sent {
             closed.cancel();
             break;
         }
