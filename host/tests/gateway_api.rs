@@ -220,6 +220,30 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
         (404, &json!("IterationNotFound"))
     );
 
+    // Frames (legacy frames.list / frames.get) and runs.rerun.
+    let frames = gw.call("frames.list", json!({"runId": "r1"})).await;
+    let newest = frames[0]["frameNo"].as_u64().unwrap();
+    assert!(newest >= 1, "{frames}");
+    let last = gw.call("frames.get", json!({"runId": "r1"})).await;
+    assert_eq!(last["frameNo"], newest);
+    let first = gw
+        .call("frames.get", json!({"runId": "r1", "frameNo": 1}))
+        .await;
+    assert_eq!(first["frameNo"], 1);
+    let (status, frame) = gw
+        .rpc("frames.get", json!({"runId": "r1", "frameNo": 999}), None)
+        .await;
+    assert_eq!(
+        (status, &frame["error"]["code"]),
+        (404, &json!("NOT_FOUND"))
+    );
+    let rerun = gw
+        .call("runs.rerun", json!({"runId": "r1", "newRunId": "r1-again"}))
+        .await;
+    assert_eq!(rerun["runId"], "r1-again");
+    gw.wait_status("r1-again", "waiting-approval").await;
+    gw.call("cancelRun", json!({"runId": "r1-again"})).await;
+
     // resumeRun of a parked run is accepted and harmless.
     let resumed = gw.call("resumeRun", json!({"runId": "r1"})).await;
     assert_eq!(resumed["status"], "resume_requested");

@@ -481,3 +481,78 @@ pub async fn get_node_output(gateway: &Gateway, params: &Value) -> Result<Value,
     }
     Ok(value)
 }
+
+/// `frames.list {runId, limit? (50), afterFrameNo?}`: frames newest first
+/// (server mode's frame rows).
+pub async fn list_frames(gateway: &Gateway, params: &Value) -> Result<Value, RpcError> {
+    let run_id = run_id_param(params)?;
+    let limit = positive_int(params.get("limit"), "limit")?.unwrap_or(DEFAULT_RUNS_LIMIT);
+    let after = positive_int(params.get("afterFrameNo"), "afterFrameNo")?.map(i64::from);
+    let id = run_id.clone();
+    let frames = gateway
+        .engine
+        .store()
+        .read(move |r| match r.run(&id)? {
+            Some(_) => r.frames(&id, limit, after).map(Some),
+            None => Ok(None),
+        })
+        .await?
+        .ok_or_else(|| RpcError::run_not_found(run_id.as_str()))?;
+    Ok(serde_json::to_value(frames).expect("frames serialize"))
+}
+
+/// `frames.get {runId, frameNo?}`: one frame, the last when `frameNo` is
+/// absent.
+pub async fn get_frame(gateway: &Gateway, params: &Value) -> Result<Value, RpcError> {
+    let run_id = run_id_param(params)?;
+    let frame_no = positive_int(params.get("frameNo"), "frameNo")?;
+    let id = run_id.clone();
+    let found = gateway
+        .engine
+        .store()
+        .read(move |r| {
+            if r.run(&id)?.is_none() {
+                return Ok(None);
+            }
+            // Frames come newest first.
+            Ok(Some(match frame_no {
+                Some(n) => r
+                    .frames(&id, u32::MAX, Some(i64::from(n) - 1))?
+                    .into_iter()
+                    .find(|f| f.frame_no == u64::from(n)),
+                None => r.frames(&id, 1, None)?.into_iter().next(),
+            }))
+        })
+        .await?
+        .ok_or_else(|| RpcError::run_not_found(run_id.as_str()))?;
+    found
+        .map(|f| serde_json::to_value(f).expect("frames serialize"))
+        .ok_or_else(|| RpcError::new(RpcCode::NotFound, "Frame not found"))
+}
+
+/// `runs.rerun {runId, newRunId?}`: a new run of the same registered
+/// workflow with the same input, started by the caller.
+pub async fn rerun(gateway: &Gateway, caller: &Caller, params: &Value) -> Result<Value, RpcError> {
+    let run_id = run_id_param(params)?;
+    let run = gateway.run(&run_id).await?;
+    let key = gateway
+        .key_of_path(&run.workflow_path)
+        .ok_or_else(|| {
+            RpcError::new(
+                RpcCode::NotFound,
+                format!("Run {run_id} was not started from a registered workflow"),
+            )
+        })?
+        .to_string();
+    let input = serde_json::from_str(&run.input_json).unwrap_or_else(|_| json!({}));
+    let triggered_by = caller.identity.triggered_by();
+    gateway
+        .start_run(
+            &key,
+            run_input(Some(&input))?,
+            caller.identity.run_auth(&triggered_by),
+            string_param(params, "newRunId"),
+            None,
+        )
+        .await
+}

@@ -246,6 +246,9 @@ pub async fn dispatch(
             methods::submit_approval(gateway, caller, params).await
         }
         "submitSignal" | "signals.send" => methods::submit_signal(gateway, caller, params).await,
+        "runs.rerun" => methods::rerun(gateway, caller, params).await,
+        "frames.list" => methods::list_frames(gateway, params).await,
+        "frames.get" => methods::get_frame(gateway, params).await,
         "getNodeOutput" | "devtools.getNodeOutput" => {
             methods::get_node_output(gateway, params).await
         }
