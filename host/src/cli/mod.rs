@@ -1,6 +1,7 @@
 //! The `smithers-host` command line. Parses arguments and hands each command
 //! to the module that owns it; no business logic lives here.
 
+mod follow;
 mod local;
 mod print;
 mod remote;
