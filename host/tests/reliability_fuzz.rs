@@ -285,8 +285,11 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A raw header: name and value bytes.
+type Header = (Vec<u8>, Vec<u8>);
+
 /// Headers and whether they make the request garbage.
-fn headers(server: usize) -> impl Strategy<Value = (Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+fn headers(server: usize) -> impl Strategy<Value = (Vec<Header>, bool)> {
     let host: BoxedStrategy<Option<Vec<u8>>> = if server == 1 {
         prop_oneof![
             8 => Just(Some(ADDR.to_vec())),
