@@ -91,3 +91,81 @@ async fn sigterm_stops_gracefully_and_the_next_start_resumes_the_run() {
     assert_eq!(code, 200);
     server.wait_status(&parked, "finished").await;
 }
+
+/// The host commits an approval decision or a signal, then resumes the parked
+/// run in a second step: killed between the two, the next start must resume
+/// it (it used to stay parked for ever, its approval no longer pending). A
+/// run still parked on an undecided approval stays parked, untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_committed_just_before_a_kill_is_acted_on_at_the_next_start() {
+    use smithers_host::model::{NodeKey, RunId};
+    use smithers_host::store::{Commit, Durability, Op, Store};
+
+    let mut server = Server::start();
+    let scripted = server.install("fixture-scripted");
+    let parked = |root| script(json!({"sequence": [root, {"task": {"id": "after"}}]}));
+    let approved = server
+        .start_run(&scripted, parked(json!({"approval": {"id": "gate"}})))
+        .await;
+    let signalled = server
+        .start_run(
+            &scripted,
+            parked(json!({"signal": {"id": "wait", "name": "go"}})),
+        )
+        .await;
+    let untouched = server
+        .start_run(&scripted, parked(json!({"approval": {"id": "gate"}})))
+        .await;
+    server.wait_status(&approved, "waiting-approval").await;
+    server.wait_status(&signalled, "waiting-event").await;
+    server.wait_status(&untouched, "waiting-approval").await;
+    let untouched_events = stored_events(&server, &untouched).await;
+    server.kill9();
+
+    // What the approve and signal routes commit before they resume the run.
+    let store = Store::open(&server.state.path().join("smithers.db"), Durability::Normal).unwrap();
+    store
+        .commit(
+            Commit::new(RunId::parse(&approved).unwrap()).op(Op::DecideApproval {
+                key: NodeKey::new("gate", 0),
+                approved: true,
+                note: None,
+                decided_by: None,
+            }),
+        )
+        .await
+        .unwrap();
+    store
+        .commit(
+            Commit::new(RunId::parse(&signalled).unwrap()).op(Op::InsertSignal {
+                name: "go".into(),
+                payload_json: "{}".into(),
+                correlation_id: None,
+                received_by: None,
+            }),
+        )
+        .await
+        .unwrap();
+    store.close();
+
+    server.spawn();
+    server.wait_status(&approved, "finished").await;
+    server.wait_status(&signalled, "finished").await;
+    assert_eq!(
+        server.status(&untouched).await["status"],
+        "waiting-approval"
+    );
+    assert_eq!(stored_events(&server, &untouched).await, untouched_events);
+}
+
+/// How many events a run's stream replays (for a run that is not over:
+/// whatever arrives before the stream falls quiet).
+async fn stored_events(server: &Server, run: &str) -> usize {
+    let mut sse = server.sse(&format!("/v1/runs/{run}/events"), &[]).await;
+    let mut count = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), sse.next_event()).await
+    {
+        count += 1;
+    }
+    count
+}

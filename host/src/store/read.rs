@@ -318,12 +318,29 @@ impl Reader<'_> {
         Ok(rows)
     }
 
-    /// Runs left `running` whose lease is not held by `owner_id`, or whose
-    /// heartbeat is older than `stale_before_ms` (crash recovery).
+    /// Runs a previous host process left behind (crash recovery): those left
+    /// `running` whose lease is not held by `owner_id`, and parked runs whose
+    /// outside input arrived but was not acted on: an approval decided while
+    /// its node has not settled yet, or an unconsumed signal a waiting node waits for
+    /// (the host died between committing the decision or signal and resuming
+    /// the run, which it does in a second step).
     pub fn runs_to_recover(&self, owner_id: &str) -> Result<Vec<RunId>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT run_id FROM runs WHERE status = 'running' AND (owner_id IS NULL OR owner_id != ?1)
-             ORDER BY created_at_ms",
+            "SELECT r.run_id FROM runs r
+             WHERE (r.status = 'running' AND (r.owner_id IS NULL OR r.owner_id != ?1))
+                OR (r.status IN ('waiting-approval', 'waiting-event') AND (
+                    EXISTS (SELECT 1 FROM approvals a
+                        JOIN nodes n ON n.run_id = a.run_id AND n.node_id = a.node_id
+                                    AND n.iteration = a.iteration
+                        WHERE a.run_id = r.run_id AND a.status != 'requested'
+                          AND n.state NOT IN ('finished', 'failed', 'skipped', 'cancelled'))
+                    OR EXISTS (SELECT 1 FROM nodes n
+                        JOIN events e ON e.run_id = n.run_id AND e.type = 'NodeWaitingEvent'
+                                     AND json_extract(e.payload_json, '$.nodeId') = n.node_id
+                        JOIN signals s ON s.run_id = n.run_id AND s.consumed_node_id IS NULL
+                                      AND s.signal_name = json_extract(e.payload_json, '$.signalName')
+                        WHERE n.run_id = r.run_id AND n.state = 'waiting-event')))
+             ORDER BY r.created_at_ms",
         )?;
         let ids = stmt
             .query_map([owner_id], |row| row.get::<_, String>(0))?
