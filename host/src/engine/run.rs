@@ -60,6 +60,10 @@ enum Exit {
     Halted,
 }
 
+/// First and longest delay between two tries of a commit the storage refused.
+const STORAGE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
+
 pub(super) fn spawn(
     engine: Arc<EngineInner>,
     run_id: RunId,
@@ -137,16 +141,38 @@ impl Driver {
     }
 
     /// Commits the carried ops plus `commit`'s, in one transaction.
+    ///
+    /// When the storage cannot commit (disk full, read-only), nothing of the
+    /// commit was applied: the run keeps what it holds in memory and retries
+    /// with a growing delay until the commit goes through or the run is
+    /// halted (cancel, shutdown), so that a full disk pauses runs instead of
+    /// stranding them.
     async fn commit(&mut self, extra: Commit) -> Result<bool, StoreError> {
         let fresh = Commit::new(self.run_id.clone()).op(self.owner_op());
         let mut commit = std::mem::replace(&mut self.carry, fresh);
         commit.ops.extend(extra.ops);
         commit.events.extend(extra.events);
-        match self.engine.store.commit(commit).await {
-            Ok(_) => Ok(true),
-            // The run was cancelled or taken over: stop quietly.
-            Err(StoreError::Conflict(_)) => Ok(false),
-            Err(e) => Err(e),
+        let mut delay = STORAGE_RETRY_FIRST;
+        loop {
+            match self.engine.store.commit(commit.clone()).await {
+                Ok(_) => return Ok(true),
+                // The run was cancelled or taken over: stop quietly.
+                Err(StoreError::Conflict(_)) => return Ok(false),
+                Err(StoreError::Unavailable(message)) if !self.halted() => {
+                    tracing::warn!(
+                        run = %self.run_id, error = %message, retry_in = ?delay,
+                        "cannot commit; the run waits for the storage"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.slot.halt.cancelled() => {
+                            return Err(StoreError::Unavailable(message));
+                        }
+                    }
+                    delay = (delay * 2).min(STORAGE_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -60,9 +60,10 @@ pub enum StoreError {
     /// approval already decided, run id taken).
     #[error("{0}")]
     Conflict(String),
-    /// The database refused the operation (disk full, read-only, corrupt...).
+    /// The database refused the operation for another reason than the
+    /// storage under it (a bug, a corrupt file...).
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
     /// The database could not commit (e.g. disk full, read-only file system).
     #[error("the database cannot commit: {0}")]
     Unavailable(String),
@@ -75,6 +76,28 @@ pub enum StoreError {
     /// The database file was written by a newer version of smithers-host.
     #[error("{0}")]
     Incompatible(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Failures of the storage under the database (disk full, read-only file
+    /// or file system, I/O error, cannot open a file) are `Unavailable`: the
+    /// host reports them as such and keeps serving reads.
+    fn from(error: rusqlite::Error) -> Self {
+        if is_storage_failure(&error) {
+            Self::Unavailable(error.to_string())
+        } else {
+            Self::Database(error)
+        }
+    }
+}
+
+/// Whether SQLite failed because of the storage, not the statement.
+pub(crate) fn is_storage_failure(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        error.sqlite_error_code(),
+        Some(DiskFull | ReadOnly | SystemIoFailure | CannotOpen | PermissionDenied)
+    )
 }
 
 /// A new run row.
@@ -490,4 +513,41 @@ impl Store {
 /// Decodes a stored JSON column.
 fn decode_json(raw: &str) -> Result<Value, StoreError> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn storage_failures_are_unavailable_and_other_errors_are_not() {
+        for code in [
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_READONLY,
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_IOERR_WRITE,
+            rusqlite::ffi::SQLITE_CANTOPEN,
+            rusqlite::ffi::SQLITE_PERM,
+        ] {
+            let error = StoreError::from(sqlite_error(code));
+            assert!(
+                matches!(error, StoreError::Unavailable(_)),
+                "{code}: {error:?}"
+            );
+        }
+        for code in [
+            rusqlite::ffi::SQLITE_CONSTRAINT,
+            rusqlite::ffi::SQLITE_ERROR,
+        ] {
+            let error = StoreError::from(sqlite_error(code));
+            assert!(
+                matches!(error, StoreError::Database(_)),
+                "{code}: {error:?}"
+            );
+        }
+    }
 }

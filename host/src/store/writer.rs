@@ -97,10 +97,31 @@ fn apply_batch(conn: &mut Connection, batch: Vec<WriteRequest>, hub: &EventHub, 
     };
     let mut results = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
+    let mut storage_failure = None;
     for request in batch {
-        let result = apply_in_savepoint(&tx, &request.commit, seqs);
-        results.push(result);
+        if storage_failure.is_none() {
+            let result = apply_in_savepoint(&tx, &request.commit, seqs);
+            // The storage failed (disk full, read-only...): SQLite may have
+            // rolled the whole transaction back already, and the commits
+            // after this one would then run outside it, one by one. Nothing
+            // of the batch is committed; every commit is refused.
+            if let Err(StoreError::Unavailable(message)) = &result {
+                storage_failure = Some(message.clone());
+            } else if tx.is_autocommit() {
+                storage_failure = Some("the transaction was rolled back".to_string());
+            }
+            results.push(result);
+        }
         replies.push(request.reply);
+    }
+    if let Some(message) = storage_failure {
+        let _ = tx.rollback();
+        seqs.transaction_failed();
+        tracing::error!(error = %message, "store commit failed");
+        for reply in replies {
+            let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+        }
+        return;
     }
     match tx.commit() {
         Ok(()) => {
@@ -138,6 +159,11 @@ fn apply_in_savepoint(
             Ok(outcome)
         }
         Err(e) => {
+            if tx.is_autocommit() {
+                // SQLite rolled the transaction back on its own (disk full,
+                // I/O error): there is no savepoint left to roll back to.
+                return Err(e);
+            }
             tx.prepare_cached("ROLLBACK TO one_commit")?.execute([])?;
             tx.prepare_cached("RELEASE one_commit")?.execute([])?;
             Err(e)
