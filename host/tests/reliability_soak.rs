@@ -3,7 +3,8 @@
 //! an approval, follow it with two SSE subscribers (one from the start, one
 //! that joins late with `Last-Event-ID`), approve it when it waits, and
 //! check that both streams deliver the whole gap-free history and end with
-//! `RunFinished`. Readers poll the listings meanwhile.
+//! `RunFinished`. Readers poll the listings and replay the whole stream of
+//! a finished run meanwhile.
 //!
 //! Every second the host's RSS (`/proc/PID/status`) and open descriptors
 //! (`/proc/PID/fd`) are sampled. The properties: zero errors (every answer
@@ -262,9 +263,26 @@ async fn worker(
     }
 }
 
-/// Polls the listings and a recent run until `deadline`.
+/// Polls the listings and a recent run until `deadline`, and replays the
+/// whole event stream of a finished run.
 async fn reader(stats: Shared, client: reqwest::Client, base: String, deadline: Instant) {
     while Instant::now() < deadline {
+        let finished = json_request(
+            &stats,
+            "list-finished",
+            client.get(format!("{base}/v1/runs?limit=5&status=finished")),
+        )
+        .await;
+        if let Some(id) = finished
+            .as_ref()
+            .and_then(|r| r.get(4)?.get("runId")?.as_str().map(str::to_string))
+            && let Some(sse) = subscribe(&stats, &client, &base, &id, None).await
+        {
+            let started = Instant::now();
+            if follow(&stats, &id, sse, 0, |_| {}).await.is_some() {
+                stats.lock().unwrap().record("sse-replay", started);
+            }
+        }
         let runs = json_request(
             &stats,
             "list-runs",

@@ -42,6 +42,38 @@ impl StoredEvent {
     }
 }
 
+/// A listener of one run's events; see [`EventHub::subscribe`].
+pub struct Subscription {
+    receiver: Option<broadcast::Receiver<Arc<StoredEvent>>>,
+    hub: EventHub,
+    run_id: RunId,
+}
+
+impl Subscription {
+    /// The next event; `Lagged` or `Closed` tell the listener to catch up
+    /// from the database.
+    pub async fn recv(&mut self) -> Result<Arc<StoredEvent>, broadcast::error::RecvError> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut runs = self.hub.inner.runs.lock().expect("hub lock");
+        // Dropped under the lock, so that no subscribe slips in between.
+        drop(self.receiver.take());
+        if runs
+            .get(&self.run_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            runs.remove(&self.run_id);
+        }
+    }
+}
+
 /// Per-run and global broadcast channels.
 #[derive(Clone)]
 pub struct EventHub {
@@ -66,12 +98,26 @@ impl Default for EventHub {
 }
 
 impl EventHub {
-    /// Listens to the events of one run committed from now on.
-    pub fn subscribe(&self, run_id: &RunId) -> broadcast::Receiver<Arc<StoredEvent>> {
+    /// Listens to the events of one run committed from now on. The run's
+    /// channel is dropped with its last subscription (or at the run's
+    /// terminal event), so following a finished or idle run leaves nothing
+    /// behind.
+    pub fn subscribe(&self, run_id: &RunId) -> Subscription {
         let mut runs = self.inner.runs.lock().expect("hub lock");
-        runs.entry(run_id.clone())
+        let receiver = runs
+            .entry(run_id.clone())
             .or_insert_with(|| broadcast::channel(RUN_CHANNEL_CAPACITY).0)
-            .subscribe()
+            .subscribe();
+        Subscription {
+            receiver: Some(receiver),
+            hub: self.clone(),
+            run_id: run_id.clone(),
+        }
+    }
+
+    /// Number of runs with a channel (live listeners or a run in flight).
+    pub fn channels(&self) -> usize {
+        self.inner.runs.lock().expect("hub lock").len()
     }
 
     /// Listens to the events of every run committed from now on.
@@ -110,5 +156,45 @@ impl EventHub {
             }
             let _ = self.inner.all.send(event.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(run: &RunId, seq: u64, event_type: &str) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent {
+            run_id: run.clone(),
+            seq,
+            event_type: event_type.into(),
+            timestamp_ms: 0,
+            json: "{}".into(),
+        })
+    }
+
+    /// Following a finished run used to leave its channel (1024 slots) in
+    /// the map for ever: nothing would be published for it again.
+    #[test]
+    fn the_last_subscription_takes_the_channel_with_it() {
+        let hub = EventHub::default();
+        let finished = RunId::parse("finished-run").unwrap();
+        for _ in 0..3 {
+            drop(hub.subscribe(&finished));
+        }
+        assert_eq!(hub.channels(), 0);
+
+        let live = RunId::parse("live-run").unwrap();
+        let mut first = hub.subscribe(&live);
+        let second = hub.subscribe(&live);
+        drop(second);
+        assert_eq!(hub.channels(), 1, "a subscription remains");
+        hub.publish(&[event(&live, 0, "NodeStarted")]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(runtime.block_on(first.recv()).unwrap().seq, 0);
+        drop(first);
+        assert_eq!(hub.channels(), 0);
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus};
 
-pub use hub::{EventHub, StoredEvent};
+pub use hub::{EventHub, StoredEvent, Subscription};
 pub use read::{ApprovalRow, CronRow, FrameRow, NodeRow, Reader, RunRow, RunSnapshot, SignalRow};
 
 /// How hard a commit is pushed to disk.
