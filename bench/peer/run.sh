@@ -6,7 +6,7 @@
 #   bench/peer/run.sh --quick    # smoke run with tiny samples
 #
 # 1. installs the pinned Smithers (smithers-orchestrator 0.32.0 and bun 1.3.14 from
-#    npm, exact tree from package-lock.json) into bench/peer/node_modules (git-ignored),
+#    npm, the tree locked in package-lock.json) into bench/peer/node_modules (git-ignored),
 #    only when missing or out of date;
 # 2. builds smithers-host and the benchmark in release mode (the example guests are
 #    built by the benchmark itself);
@@ -21,7 +21,10 @@ repo="$(cd "$here/../.." && pwd)"
 stamp="$here/node_modules/.installed-lock"
 if [[ ! -x "$here/node_modules/.bin/bun" ]] || ! cmp -s "$here/package-lock.json" "$stamp"; then
   echo "== installing the pinned Smithers into bench/peer/node_modules" >&2
-  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
+  # `npm install --no-save` installs the locked tree and leaves the lock file
+  # as committed (`npm ci` refuses it: it lacks entries for other platforms'
+  # optional packages).
+  (cd "$here" && npm install --no-save --no-audit --no-fund --loglevel=error)
   cp "$here/package-lock.json" "$stamp"
 fi
 echo "== $("$here/node_modules/.bin/bun" --version | sed 's/^/bun /'), smithers-orchestrator $(node -p "require('$here/node_modules/smithers-orchestrator/package.json').version")" >&2

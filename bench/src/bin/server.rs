@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 use smithers_bench::{Summary, build_example, machine, summarize, workspace_root};
-use smithers_client::{Client, Decision, EventKind, RunStatus, RunWorkflow, StreamOptions};
+use smithers_client::{
+    Client, Decision, Event, EventKind, EventStream, RunStatus, RunWorkflow, StreamOptions,
+};
+use tokio::task::JoinSet;
 
 /// Longest any single wait may take before the benchmark gives up.
 const WAIT: Duration = Duration::from_secs(180);
@@ -206,28 +209,70 @@ impl Target {
         let deadline = Instant::now() + WAIT;
         match self.kind {
             Kind::Ours => {
-                let mut events = self.client.stream_events(run);
-                let mut last = None;
+                let (mut events, first) = self.events(run).await;
+                let mut last = first;
                 while let Some(event) = tokio::time::timeout(WAIT, events.next())
                     .await
                     .expect("terminal event in time")
                 {
-                    last = Some(event.expect("event"));
+                    last = event.expect("event");
                 }
-                match last.map(|e| e.kind) {
-                    Some(EventKind::RunFinished {}) => RunStatus::Finished,
-                    Some(EventKind::RunFailed { .. }) => RunStatus::Failed,
+                match last.kind {
+                    EventKind::RunFinished {} => RunStatus::Finished,
+                    EventKind::RunFailed { .. } => RunStatus::Failed,
                     _ => RunStatus::Other("unknown".into()),
                 }
             }
             Kind::Smithers => loop {
-                let status = self.client.get_status(run).await.expect("status").status;
+                let status = self.status(run).await;
                 if status.is_terminal() {
                     return status;
                 }
                 assert!(Instant::now() < deadline, "{run} did not end in time");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             },
+        }
+    }
+
+    /// A run's status. Smithers starts a run after answering the POST and
+    /// answers 404 until its engine has written the run's row: that counts
+    /// as "not started yet" (retried every 2 ms, for up to [`WAIT`]).
+    async fn status(&self, run: &str) -> RunStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.client.get_status(run).await {
+                Ok(view) => return view.status,
+                Err(e) if not_yet(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(e) => panic!("status of {run}: {e}"),
+            }
+        }
+    }
+
+    /// A run's event stream and its first event; a 404 (see
+    /// [`Target::status`]) is retried every 2 ms, for up to [`WAIT`].
+    async fn events(&self, run: &str) -> (EventStream, Event) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut events = self.client.stream_events_with(
+                run,
+                StreamOptions {
+                    idle_timeout: WAIT,
+                    ..StreamOptions::default()
+                },
+            );
+            match tokio::time::timeout(WAIT, events.next())
+                .await
+                .expect("first event in time")
+            {
+                Some(Ok(event)) => return (events, event),
+                Some(Err(e)) if not_yet(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Some(Err(e)) => panic!("events of {run}: {e}"),
+                None => panic!("the event stream of {run} ended before its first event"),
+            }
         }
     }
 
@@ -287,16 +332,9 @@ async fn start_latency(t: &Target, samples: usize) -> Summary {
     for _ in 0..samples {
         let started = Instant::now();
         let run = t.start("hello", json!({})).await;
-        let mut events = t.client.stream_events(&run);
-        loop {
-            let event = tokio::time::timeout(WAIT, events.next())
-                .await
-                .expect("RunStarted in time")
-                .expect("stream open")
-                .expect("event");
-            if matches!(event.kind, EventKind::RunStarted { .. }) {
-                break;
-            }
+        let (mut events, mut event) = t.events(&run).await;
+        while !matches!(event.kind, EventKind::RunStarted { .. }) {
+            event = next(&mut events).await;
         }
         times.push(started.elapsed());
         drop(events);
@@ -311,21 +349,12 @@ async fn approve_latency(t: &Target, samples: usize) -> Summary {
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let run = t.start("approval", json!({})).await;
-        let mut events = t.client.stream_events_with(
-            &run,
-            StreamOptions {
-                idle_timeout: WAIT,
-                ..StreamOptions::default()
-            },
-        );
         // Parked: the run's status changed, not just the node's (Smithers
         // ignores a resume until the run has parked).
-        loop {
-            let event = next(&mut events).await;
-            if matches!(event.kind, EventKind::RunStatusChanged { ref status } if *status == RunStatus::WaitingApproval)
-            {
-                break;
-            }
+        let (mut events, mut event) = t.events(&run).await;
+        while !matches!(event.kind, EventKind::RunStatusChanged { ref status } if *status == RunStatus::WaitingApproval)
+        {
+            event = next(&mut events).await;
         }
         let started = Instant::now();
         t.approve(&run).await;
@@ -341,7 +370,12 @@ async fn approve_latency(t: &Target, samples: usize) -> Summary {
     summarize(&mut times)
 }
 
-async fn next(events: &mut smithers_client::EventStream) -> smithers_client::Event {
+/// Whether an error means the server does not know the run yet.
+fn not_yet(e: &smithers_client::Error) -> bool {
+    matches!(e, smithers_client::Error::Api { status: 404, .. })
+}
+
+async fn next(events: &mut EventStream) -> Event {
     tokio::time::timeout(WAIT, events.next())
         .await
         .expect("event in time")
@@ -360,7 +394,11 @@ async fn step_overhead(t: &Target, n: u64, reps: usize) -> (f64, f64) {
         let status = t.wait_terminal(&run).await;
         let elapsed = started.elapsed();
         assert_eq!(status, RunStatus::Finished, "{} fibo {n}", t.name());
-        let view = t.client.get_status(&run).await.expect("status");
+        let view = t
+            .client
+            .get_status(&run)
+            .await
+            .unwrap_or_else(|e| panic!("status of {run}: {e}"));
         let took = view.finished_at_ms.unwrap() - view.started_at_ms.unwrap();
         per_step.push(took as f64 / n as f64);
         wall.push(elapsed.as_secs_f64() * 1000.0 / n as f64);
@@ -374,28 +412,39 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// (d) `concurrency` clients each starting `hello` and waiting for its end,
-/// for `duration` (or `max_runs` in all); completed runs per second.
+/// for `duration` (or `max_runs` in all); completed runs per second. The
+/// workers live in a `JoinSet`: dropping this future (a time limit) aborts them.
 async fn throughput(t: &Arc<Target>, concurrency: usize, duration: Duration, max_runs: u64) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
-    let mut workers = Vec::new();
+    let mut workers = JoinSet::new();
     for _ in 0..concurrency {
         let t = t.clone();
         let done = done.clone();
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             while Instant::now() < deadline && done.load(Ordering::Relaxed) < max_runs {
                 let run = t.start("hello", json!({})).await;
                 let status = t.wait_terminal(&run).await;
-                assert_eq!(status, RunStatus::Finished);
+                assert_eq!(status, RunStatus::Finished, "{run} ended {status}");
                 done.fetch_add(1, Ordering::Relaxed);
             }
-        }));
+        });
     }
-    for worker in workers {
-        worker.await.expect("worker");
-    }
+    join_all(workers).await;
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Waits for every worker; a worker's panic is re-raised here.
+async fn join_all(mut workers: JoinSet<()>) {
+    while let Some(result) = workers.join_next().await {
+        if let Err(e) = result {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            panic!("worker: {e}");
+        }
+    }
 }
 
 /// (e) Starts `count` approval runs (32 at a time), waits until every one
@@ -403,11 +452,11 @@ async fn throughput(t: &Arc<Target>, concurrency: usize, duration: Duration, max
 async fn parked_rss(t: &Arc<Target>, count: usize) -> (u64, Duration) {
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
+    let mut workers = JoinSet::new();
     for _ in 0..32 {
         let t = t.clone();
         let next = next.clone();
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             let mut runs = Vec::new();
             while (next.fetch_add(1, Ordering::Relaxed) as usize) < count {
                 runs.push(t.start("approval", json!({})).await);
@@ -415,7 +464,7 @@ async fn parked_rss(t: &Arc<Target>, count: usize) -> (u64, Duration) {
             let deadline = Instant::now() + WAIT * 2;
             for run in runs {
                 loop {
-                    let status = t.client.get_status(&run).await.expect("status").status;
+                    let status = t.status(&run).await;
                     if status == RunStatus::WaitingApproval {
                         break;
                     }
@@ -424,11 +473,9 @@ async fn parked_rss(t: &Arc<Target>, count: usize) -> (u64, Duration) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-        }));
+        });
     }
-    for worker in workers {
-        worker.await.expect("worker");
-    }
+    join_all(workers).await;
     let took = started.elapsed();
     // Let allocators settle (and bun's GC run) before reading RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -476,79 +523,175 @@ impl Plan {
     }
 }
 
+/// A figure, or why there is none (the workload failed or ran out of time).
+type Outcome<T> = Result<T, String>;
+
+/// Runs one workload in its own task under a time limit: a panic (a failed
+/// request, a run that failed, a wait that expired) or the limit becomes the
+/// figure's `Err`, and the task is aborted, so one misbehaving workload can
+/// neither hang the benchmark nor lose the other figures.
+async fn bounded<T, F>(t: &Target, what: &str, limit: Duration, work: F) -> Outcome<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let mut task = tokio::spawn(work);
+    let outcome = match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            Err(format!("failed: {}", first_line(&message)))
+        }
+        Ok(Err(e)) => Err(format!("failed: {e}")),
+        Err(_) => {
+            task.abort();
+            Err(format!("no result within {} s", limit.as_secs()))
+        }
+    };
+    if let Err(why) = &outcome {
+        eprintln!("[{}] {what}: {why}", t.name());
+    }
+    outcome
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    let mut short: String = line.chars().take(160).collect();
+    if short.len() < line.len() {
+        short.push('…');
+    }
+    short
+}
+
 /// Everything measured on one server.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Figures {
-    start: Option<Summary>,
-    approve: Option<Summary>,
+    warm_up: Outcome<()>,
+    start: Outcome<Summary>,
+    approve: Outcome<Summary>,
     /// N → (per step from the server's record, per step wall clock), ms.
-    steps: BTreeMap<u64, (f64, f64)>,
+    steps: BTreeMap<u64, Outcome<(f64, f64)>>,
     /// Concurrency → runs/s.
-    throughput: BTreeMap<usize, f64>,
+    throughput: BTreeMap<usize, Outcome<f64>>,
     rss_idle_kib: u64,
-    rss_parked_kib: u64,
+    /// RSS with the parked runs (KiB), and the time parking them took.
+    parked_rss: Outcome<(u64, Duration)>,
     parked: usize,
-    park_time: Duration,
+}
+
+/// The time limit of a loop of `count` samples, each allowed `each`.
+fn limit(count: usize, each: Duration) -> Duration {
+    Duration::from_secs(30) + each * count as u32
 }
 
 async fn measure(t: Target, plan: &Plan) -> Figures {
     let t = Arc::new(t);
-    let mut f = Figures {
-        parked: plan.parked,
-        ..Figures::default()
-    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    f.rss_idle_kib = t.rss_kib();
-    eprintln!("[{}] idle RSS {} MiB", t.name(), f.rss_idle_kib / 1024);
-    // Warm-up: load (compile, import) every workflow once.
-    for _ in 0..3 {
-        let run = t.start("hello", json!({})).await;
-        t.wait_terminal(&run).await;
-    }
-    let run = t.start("fibo", json!({ "n": 3 })).await;
-    t.wait_terminal(&run).await;
-    let run = t.start("approval", json!({})).await;
-    loop {
-        let status = t.client.get_status(&run).await.expect("status").status;
-        if status == RunStatus::WaitingApproval {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    t.approve(&run).await;
-    t.wait_terminal(&run).await;
+    let rss_idle_kib = t.rss_kib();
+    eprintln!("[{}] idle RSS {} MiB", t.name(), rss_idle_kib / 1024);
 
+    // Warm-up: load (compile, import) every workflow once.
+    let w = t.clone();
+    let warm_up = bounded(&t, "warm-up", Duration::from_secs(300), async move {
+        for _ in 0..3 {
+            let run = w.start("hello", json!({})).await;
+            w.wait_terminal(&run).await;
+        }
+        let run = w.start("fibo", json!({ "n": 3 })).await;
+        w.wait_terminal(&run).await;
+        let run = w.start("approval", json!({})).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = w.status(&run).await;
+            if status == RunStatus::WaitingApproval {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{run} did not park in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w.approve(&run).await;
+        w.wait_terminal(&run).await;
+    })
+    .await;
     phase(&t, "warm-up");
+
     eprintln!(
         "[{}] (a) start → RunStarted, {} samples",
         t.name(),
         plan.start
     );
-    f.start = Some(start_latency(&t, plan.start).await);
+    let (w, n) = (t.clone(), plan.start);
+    let start = bounded(&t, "(a)", limit(n, Duration::from_secs(10)), async move {
+        start_latency(&w, n).await
+    })
+    .await;
     phase(&t, "(a)");
+
+    let mut steps = BTreeMap::new();
     for &(n, reps) in &plan.steps {
         eprintln!("[{}] (b) fibo N={n}, {reps} runs", t.name());
-        f.steps.insert(n, step_overhead(&t, n, reps).await);
+        let w = t.clone();
+        // A step gets up to 0.5 s (Smithers takes tens of ms).
+        let each = Duration::from_secs(20) + Duration::from_millis(500) * n as u32;
+        let figure = bounded(&t, &format!("(b) N={n}"), limit(reps, each), async move {
+            step_overhead(&w, n, reps).await
+        })
+        .await;
+        steps.insert(n, figure);
     }
     phase(&t, "(b)");
+
     eprintln!(
         "[{}] (c) approve → NodeStarted, {} samples",
         t.name(),
         plan.approve
     );
-    f.approve = Some(approve_latency(&t, plan.approve).await);
+    let (w, n) = (t.clone(), plan.approve);
+    let approve = bounded(&t, "(c)", limit(n, Duration::from_secs(15)), async move {
+        approve_latency(&w, n).await
+    })
+    .await;
     phase(&t, "(c)");
+
+    let mut throughput_by = BTreeMap::new();
     for c in [1, 8, 64] {
         eprintln!("[{}] (d) hello runs/s at concurrency {c}", t.name());
-        let rate = throughput(&t, c, plan.throughput, plan.max_runs).await;
-        f.throughput.insert(c, rate);
+        let (w, d, max) = (t.clone(), plan.throughput, plan.max_runs);
+        let figure = bounded(
+            &t,
+            &format!("(d) c={c}"),
+            d + Duration::from_secs(60),
+            async move { throughput(&w, c, d, max).await },
+        )
+        .await;
+        throughput_by.insert(c, figure);
         phase(&t, &format!("(d) at concurrency {c}"));
     }
+
     eprintln!("[{}] (e) parking {} approval runs", t.name(), plan.parked);
-    let (rss, took) = parked_rss(&t, plan.parked).await;
-    f.rss_parked_kib = rss;
-    f.park_time = took;
-    f
+    let (w, n) = (t.clone(), plan.parked);
+    let parked_rss = bounded(
+        &t,
+        "(e)",
+        limit(n, Duration::from_millis(500)) + Duration::from_secs(60),
+        async move { parked_rss(&w, n).await },
+    )
+    .await;
+    Figures {
+        warm_up,
+        start,
+        approve,
+        steps,
+        throughput: throughput_by,
+        rss_idle_kib,
+        parked_rss,
+        parked: plan.parked,
+    }
 }
 
 /// Logs the server's RSS after a phase: memory kept after load is part of
@@ -570,92 +713,149 @@ fn mib(kib: u64) -> f64 {
 }
 
 /// One row of a comparison: label, ours, theirs, ratio (how many times
-/// better ours is), target ratio.
+/// better ours is; none when either side has no figure), target ratio.
 struct Row {
     label: String,
     ours: String,
     theirs: String,
-    ratio: f64,
+    ratio: Option<f64>,
     target: Option<f64>,
 }
 
-fn lower_is_better(label: &str, ours: f64, theirs: f64, unit: &str, target: Option<f64>) -> Row {
+/// Which way a figure is better.
+#[derive(Clone, Copy)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+/// A row from two outcomes: `show` formats a value (ours, theirs may use
+/// other precision), `better` says how the ratio is taken.
+fn row(
+    label: &str,
+    ours: &Outcome<f64>,
+    theirs: &Outcome<f64>,
+    show: (&dyn Fn(f64) -> String, &dyn Fn(f64) -> String),
+    better: Better,
+    target: Option<f64>,
+) -> Row {
+    let text = |o: &Outcome<f64>, f: &dyn Fn(f64) -> String| match o {
+        Ok(v) => f(*v),
+        Err(why) => why.clone(),
+    };
+    let ratio = match (ours, theirs, better) {
+        (Ok(o), Ok(t), Better::Lower) => Some(t / o),
+        (Ok(o), Ok(t), Better::Higher) => Some(o / t),
+        _ => None,
+    };
     Row {
         label: label.into(),
-        ours: format!("{ours:.3} {unit}"),
-        theirs: format!("{theirs:.1} {unit}"),
-        ratio: theirs / ours,
+        ours: text(ours, show.0),
+        theirs: text(theirs, show.1),
+        ratio,
         target,
     }
 }
 
 fn peer_rows(ours: &Figures, theirs: &Figures) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let (a, b) = (ours.start.unwrap(), theirs.start.unwrap());
-    rows.push(lower_is_better(
-        "(a) start → RunStarted p50",
-        ms(a.p50),
-        ms(b.p50),
-        "ms",
-        Some(10.0),
-    ));
-    rows.push(lower_is_better(
-        "(a) start → RunStarted p95",
-        ms(a.p95),
-        ms(b.p95),
-        "ms",
-        None,
-    ));
-    for (n, (o, _)) in &ours.steps {
-        if let Some((s, _)) = theirs.steps.get(n) {
-            rows.push(lower_is_better(
-                &format!("(b) per-step overhead, N = {n}"),
-                *o,
-                *s,
-                "ms",
-                Some(10.0),
-            ));
-        }
+    let millis = (
+        &(|v: f64| format!("{v:.3} ms")) as &dyn Fn(f64) -> String,
+        &(|v: f64| format!("{v:.1} ms")) as &dyn Fn(f64) -> String,
+    );
+    let per_sec = (
+        &(|v: f64| format!("{v:.0} /s")) as &dyn Fn(f64) -> String,
+        &(|v: f64| format!("{v:.1} /s")) as &dyn Fn(f64) -> String,
+    );
+    let mebi = (
+        &(|v: f64| format!("{v:.1} MiB")) as &dyn Fn(f64) -> String,
+        &(|v: f64| format!("{v:.1} MiB")) as &dyn Fn(f64) -> String,
+    );
+    let p50 = |s: &Outcome<Summary>| s.as_ref().map(|s| ms(s.p50)).map_err(Clone::clone);
+    let p95 = |s: &Outcome<Summary>| s.as_ref().map(|s| ms(s.p95)).map_err(Clone::clone);
+    let missing = || Err("not measured".to_string());
+
+    let mut rows = vec![
+        row(
+            "(a) start → RunStarted p50",
+            &p50(&ours.start),
+            &p50(&theirs.start),
+            millis,
+            Better::Lower,
+            Some(10.0),
+        ),
+        row(
+            "(a) start → RunStarted p95",
+            &p95(&ours.start),
+            &p95(&theirs.start),
+            millis,
+            Better::Lower,
+            None,
+        ),
+    ];
+    let per_step = |f: &Figures, n: &u64| {
+        f.steps
+            .get(n)
+            .map_or_else(missing, |o| o.as_ref().map(|s| s.0).map_err(Clone::clone))
+    };
+    for n in ours.steps.keys() {
+        rows.push(row(
+            &format!("(b) per-step overhead, N = {n}"),
+            &per_step(ours, n),
+            &per_step(theirs, n),
+            millis,
+            Better::Lower,
+            Some(10.0),
+        ));
     }
-    let (a, b) = (ours.approve.unwrap(), theirs.approve.unwrap());
-    rows.push(lower_is_better(
+    rows.push(row(
         "(c) approve → NodeStarted p50",
-        ms(a.p50),
-        ms(b.p50),
-        "ms",
+        &p50(&ours.approve),
+        &p50(&theirs.approve),
+        millis,
+        Better::Lower,
         Some(10.0),
     ));
-    rows.push(lower_is_better(
+    rows.push(row(
         "(c) approve → NodeStarted p95",
-        ms(a.p95),
-        ms(b.p95),
-        "ms",
+        &p95(&ours.approve),
+        &p95(&theirs.approve),
+        millis,
+        Better::Lower,
         None,
     ));
-    for (c, o) in &ours.throughput {
-        let s = theirs.throughput[c];
-        rows.push(Row {
-            label: format!("(d) hello runs/s, concurrency {c}"),
-            ours: format!("{o:.0} /s"),
-            theirs: format!("{s:.1} /s"),
-            ratio: o / s,
-            target: None,
-        });
+    let rate = |f: &Figures, c: &usize| f.throughput.get(c).cloned().unwrap_or_else(missing);
+    for c in ours.throughput.keys() {
+        rows.push(row(
+            &format!("(d) hello runs/s, concurrency {c}"),
+            &rate(ours, c),
+            &rate(theirs, c),
+            per_sec,
+            Better::Higher,
+            None,
+        ));
     }
-    rows.push(Row {
-        label: "(e) RSS idle".into(),
-        ours: format!("{:.1} MiB", mib(ours.rss_idle_kib)),
-        theirs: format!("{:.1} MiB", mib(theirs.rss_idle_kib)),
-        ratio: theirs.rss_idle_kib as f64 / ours.rss_idle_kib as f64,
-        target: Some(5.0),
-    });
-    rows.push(Row {
-        label: format!("(e) RSS with {} parked runs", ours.parked),
-        ours: format!("{:.1} MiB", mib(ours.rss_parked_kib)),
-        theirs: format!("{:.1} MiB", mib(theirs.rss_parked_kib)),
-        ratio: theirs.rss_parked_kib as f64 / ours.rss_parked_kib as f64,
-        target: Some(5.0),
-    });
+    rows.push(row(
+        "(e) RSS idle",
+        &Ok(mib(ours.rss_idle_kib)),
+        &Ok(mib(theirs.rss_idle_kib)),
+        mebi,
+        Better::Lower,
+        Some(5.0),
+    ));
+    let parked = |f: &Figures| {
+        f.parked_rss
+            .as_ref()
+            .map(|(kib, _)| mib(*kib))
+            .map_err(Clone::clone)
+    };
+    rows.push(row(
+        &format!("(e) RSS with {} parked runs", ours.parked),
+        &parked(ours),
+        &parked(theirs),
+        mebi,
+        Better::Lower,
+        Some(5.0),
+    ));
     rows
 }
 
@@ -665,14 +865,16 @@ fn peer_table(rows: &[Row]) -> String {
     );
     for r in rows {
         let target = r.target.map(|t| format!("≥ {t:.0}×")).unwrap_or_default();
-        let met = match r.target {
-            Some(t) if r.ratio >= t => "yes",
-            Some(_) => "**no**",
-            None => "",
+        let met = match (r.target, r.ratio) {
+            (Some(t), Some(ratio)) if ratio >= t => "yes",
+            (Some(_), Some(_)) => "**no**",
+            (Some(_), None) => "n/a",
+            (None, _) => "",
         };
+        let ratio = r.ratio.map(|v| format!("{v:.1}×")).unwrap_or("–".into());
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1}× | {target} | {met} |\n",
-            r.label, r.ours, r.theirs, r.ratio
+            "| {} | {} | {} | {ratio} | {target} | {met} |\n",
+            r.label, r.ours, r.theirs
         ));
     }
     out
@@ -683,7 +885,7 @@ fn chart(rows: &[Row], caption: &str) -> String {
     let (left, width, row_h, top) = (300.0, 420.0, 26.0, 46.0);
     let max = rows
         .iter()
-        .map(|r| r.ratio)
+        .filter_map(|r| r.ratio)
         .fold(10.0f64, f64::max)
         .log10()
         .ceil();
@@ -712,23 +914,45 @@ fn chart(rows: &[Row], caption: &str) -> String {
     ));
     for (i, r) in rows.iter().enumerate() {
         let y = top + i as f64 * row_h;
-        let met = r.target.is_none_or(|t| r.ratio >= t);
-        let color = if met { "#2a7ab0" } else { "#d9822b" };
         svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n<rect x=\"{left}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{}\">{:.1}×</text>\n",
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
             left - 8.0,
             y + 16.0,
             xml_escape(&r.label),
+        ));
+        let Some(ratio) = r.ratio else {
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" fill=\"#c00\">no figure: {}</text>\n",
+                left + 6.0,
+                y + 16.0,
+                xml_escape(if is_failure(&r.theirs) {
+                    &r.theirs
+                } else {
+                    &r.ours
+                }),
+            ));
+            continue;
+        };
+        let met = r.target.is_none_or(|t| ratio >= t);
+        let color = if met { "#2a7ab0" } else { "#d9822b" };
+        let bar = scale(ratio).max(1.0);
+        svg.push_str(&format!(
+            "<rect x=\"{left}\" y=\"{}\" width=\"{bar:.1}\" height=\"{}\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{}\">{ratio:.1}×</text>\n",
             y + 4.0,
-            scale(r.ratio).max(1.0),
             row_h - 8.0,
-            left + scale(r.ratio).max(1.0) + 6.0,
+            left + bar + 6.0,
             y + 16.0,
-            r.ratio
         ));
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// Whether a cell holds why there is no figure rather than a figure.
+fn is_failure(cell: &str) -> bool {
+    ["failed", "no result", "not measured"]
+        .iter()
+        .any(|p| cell.starts_with(p))
 }
 
 fn xml_escape(text: &str) -> String {
@@ -738,39 +962,56 @@ fn xml_escape(text: &str) -> String {
 }
 
 fn ours_alone_table(f: &Figures) -> String {
-    let (s, a) = (f.start.unwrap(), f.approve.unwrap());
-    let best = f.throughput.values().copied().fold(0.0, f64::max);
     let check = |ok: bool| if ok { "yes" } else { "**no**" };
+    let latency = |o: &Outcome<Summary>, target_ms: f64| match o {
+        Ok(s) => (
+            format!("p50 {:.2} ms, p95 {:.2} ms", ms(s.p50), ms(s.p95)),
+            check(ms(s.p50) <= target_ms),
+        ),
+        Err(why) => (why.clone(), "n/a"),
+    };
     let mut out = String::from("| figure | measured | target | met |\n|---|---:|---:|:-:|\n");
+    let (text, met) = latency(&f.start, 2.0);
     out.push_str(&format!(
-        "| `POST /v1/runs` → `RunStarted` on SSE | p50 {:.2} ms, p95 {:.2} ms | p50 ≤ 2 ms | {} |\n",
-        ms(s.p50),
-        ms(s.p95),
-        check(ms(s.p50) <= 2.0)
+        "| `POST /v1/runs` → `RunStarted` on SSE | {text} | p50 ≤ 2 ms | {met} |\n"
     ));
+    let (text, met) = latency(&f.approve, 5.0);
     out.push_str(&format!(
-        "| approve → next `NodeStarted` on SSE | p50 {:.2} ms, p95 {:.2} ms | p50 ≤ 5 ms | {} |\n",
-        ms(a.p50),
-        ms(a.p95),
-        check(ms(a.p50) <= 5.0)
+        "| approve → next `NodeStarted` on SSE | {text} | p50 ≤ 5 ms | {met} |\n"
     ));
+    let best = f
+        .throughput
+        .values()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .fold(0.0, f64::max);
     let rates: Vec<String> = f
         .throughput
         .iter()
-        .map(|(c, r)| format!("{r:.0} at c={c}"))
+        .map(|(c, r)| match r {
+            Ok(r) => format!("{r:.0} at c={c}"),
+            Err(why) => format!("c={c}: {why}"),
+        })
         .collect();
     out.push_str(&format!(
         "| sustained `hello` runs/s | {} | ≥ 500 | {} |\n",
         rates.join(", "),
         check(best >= 500.0)
     ));
+    let (text, met) = match &f.parked_rss {
+        Ok((kib, took)) => (
+            format!(
+                "{:.1} MiB (idle {:.1} MiB; parking took {:.1} s)",
+                mib(*kib),
+                mib(f.rss_idle_kib),
+                took.as_secs_f64()
+            ),
+            check(*kib as f64 * 1024.0 <= 200e6),
+        ),
+        Err(why) => (why.clone(), "n/a"),
+    };
     out.push_str(&format!(
-        "| RSS with {} parked `approval` runs | {:.1} MiB (idle {:.1} MiB; parking took {:.1} s) | ≤ 200 MB | {} |\n",
-        f.parked,
-        mib(f.rss_parked_kib),
-        mib(f.rss_idle_kib),
-        f.park_time.as_secs_f64(),
-        check(f.rss_parked_kib as f64 * 1024.0 <= 200e6)
+        "| RSS with {} parked `approval` runs | {text} | ≤ 200 MB | {met} |\n",
+        f.parked
     ));
     out
 }
@@ -822,6 +1063,8 @@ fn commit() -> String {
 
 #[tokio::main]
 async fn main() {
+    // One line per panic: a failed workload is reported by `bounded`.
+    std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let peer = args.iter().any(|a| a == "--peer");
     let quick = args.iter().any(|a| a == "--quick");
@@ -848,7 +1091,10 @@ async fn main() {
 
     if !peer {
         let figures = measure(Target::ours(&components), &Plan::ours_alone(quick)).await;
-        let table = ours_alone_table(&figures);
+        let mut table = ours_alone_table(&figures);
+        if let Err(why) = &figures.warm_up {
+            table.push_str(&format!("\nwarm-up: {why}\n"));
+        }
         println!("\n{table}");
         if write {
             write_section(
@@ -878,13 +1124,21 @@ async fn main() {
     )
     .await;
     let rows = peer_rows(&ours, &theirs);
-    let table = peer_table(&rows);
+    let mut table = peer_table(&rows);
+    for (label, f) in [("smithers-host", &ours), ("Smithers", &theirs)] {
+        if let Err(why) = &f.warm_up {
+            table.push_str(&format!("\n{label}'s warm-up: {why}\n"));
+        }
+    }
     println!("\n{table}");
     for (label, f) in [("smithers-host", &ours), ("Smithers", &theirs)] {
         let walls: Vec<String> = f
             .steps
             .iter()
-            .map(|(n, (_, wall))| format!("N={n}: {wall:.3} ms"))
+            .map(|(n, o)| match o {
+                Ok((_, wall)) => format!("N={n}: {wall:.3} ms"),
+                Err(why) => format!("N={n}: {why}"),
+            })
             .collect();
         println!(
             "{label}: per-step wall clock (POST → end seen by the client, / N): {}",
@@ -904,7 +1158,10 @@ async fn main() {
         let walls = |f: &Figures| {
             f.steps
                 .iter()
-                .map(|(n, (_, wall))| format!("N={n} {wall:.2} ms"))
+                .map(|(n, o)| match o {
+                    Ok((_, wall)) => format!("N={n} {wall:.2} ms"),
+                    Err(why) => format!("N={n} {why}"),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -914,7 +1171,7 @@ async fn main() {
             &format!(
                 "```sh\n{command}\n```\n\n\
                  One command installs the pinned Smithers (`bench/peer/package.json`, lock file, \
-                 `npm ci` into the git-ignored `bench/peer/node_modules`), builds the release binary and \
+                 `npm install --no-save` into the git-ignored `bench/peer/node_modules`), builds the release binary and \
                  runs the same workloads against both servers on 127.0.0.1, one after the other, through \
                  the same Rust client. Smithers runs `bench/peer/server.ts` (`startServer`, no server db, \
                  `NODE_ENV=production`) with the TSX twins of `examples/hello`, `fibo` and `approval` in \
