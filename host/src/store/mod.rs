@@ -411,7 +411,7 @@ impl Store {
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = schema::open_writer(path, durability)?;
         let readers = read::ReadPool::open(path, 4)?;
-        let checkpointer = checkpointer::Checkpointer::start(path)?;
+        let checkpointer = checkpointer::Checkpointer::start(path, checkpointer::RESTART_BYTES)?;
         let hub = EventHub::default();
         let (tx, rx) = std::sync::mpsc::channel::<WriteRequest>();
         let thread_hub = hub.clone();

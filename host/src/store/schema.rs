@@ -33,10 +33,13 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
     Ok(conn)
 }
 
+/// How long a connection waits for a lock before it gives up.
+pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens the checkpointer's connection.
 pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 
