@@ -405,8 +405,12 @@ fn parameters(operation: &Operation) -> Vec<Value> {
             _ => {}
         }
     }
-    // Numbers as JavaScript's Number() reads them (an empty value is 0).
-    let number = json!({ "type": "number" });
+    // Numbers as JavaScript's Number() reads them: an empty (or blank)
+    // value is 0, as in Smithers.
+    let number = json!({
+        "anyOf": [{ "type": "number" }, { "type": "string", "pattern": "^\\s*$" }],
+        "description": "a number; an empty value reads as 0",
+    });
     match operation.id {
         "listRuns" => out.extend([
             query_param(
@@ -445,7 +449,8 @@ fn parameters(operation: &Operation) -> Vec<Value> {
             ),
             json!({
                 "name": "Last-Event-ID", "in": "header", "required": false,
-                "description": "Standard SSE resume point; wins over afterSeq", "schema": number,
+                "description": "Standard SSE resume point; wins over afterSeq (an empty value is refused)",
+                "schema": { "type": "number" },
             }),
         ]),
         _ => {}
