@@ -30,15 +30,23 @@ use smithers_host::store::{Durability, Store};
 
 use http_support::{decode, script, task};
 
+/// Whether a user+mount namespace can mount a tmpfs here (some kernels
+/// allow the namespace but not the mount, e.g. under AppArmor's
+/// `restrict_unprivileged_userns`).
 fn namespaces_available() -> bool {
+    let probe = tempfile::tempdir().unwrap();
     let ok = Command::new("unshare")
-        .args(["-Urm", "true"])
+        .args(["-Urm", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=1m tmpfs '{}' && mount --bind '{0}' '{0}' && mount -o remount,bind,ro '{0}'",
+            probe.path().display()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        println!("skipped: `unshare -Urm` is not available here");
+        println!("skipped: no user and mount namespaces with tmpfs and bind mounts here");
     }
     ok
 }
@@ -124,6 +132,8 @@ impl Host {
                 ),
             }
         };
+        // Keep draining stdout, so that the host never writes to a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         Self {
             child,
             base: format!("http://{addr}"),
