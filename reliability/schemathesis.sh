@@ -12,6 +12,10 @@
 # (Smithers answers a wrong method with 404 NOT_FOUND "Route not found", not
 # 405; host/tests/http_api.rs pins that), then fails if the server log holds a
 # panic or the server died. Reports land in reliability/out/.
+# The event stream (streamEvents) is left out: the stream of a run that is not
+# over never ends by design, and its keep-alive every 10 s defeats
+# schemathesis' read timeout, so one parked run hangs the campaign. The route
+# is fuzzed by host/tests/reliability_fuzz.rs and pinned by http_sse.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -66,6 +70,7 @@ STARTED=$(date +%s)
 (cd "$OUT" && "$VENV/bin/schemathesis" run "http://$ADDR/openapi.json" \
   -H "$AUTH" \
   --checks all --exclude-checks unsupported_method,positive_data_acceptance \
+  --exclude-operation-id streamEvents \
   --max-examples "$MAX_EXAMPLES" \
   --request-timeout 30 \
   --report junit,ndjson --report-dir "$OUT" --report-junit-path "$OUT/schemathesis-junit.xml" \
