@@ -46,6 +46,8 @@ struct Target {
     child: Child,
     client: Client,
     _dirs: Vec<tempfile::TempDir>,
+    /// How often `wait_terminal` polls Smithers, in ms (see [`throughput`]).
+    poll_ms: AtomicU64,
 }
 
 impl Drop for Target {
@@ -119,6 +121,7 @@ impl Target {
             child,
             client: Client::new(&url).unwrap(),
             _dirs: vec![root, state],
+            poll_ms: AtomicU64::new(20),
         }
     }
 
@@ -162,6 +165,7 @@ impl Target {
             child,
             client: Client::new(&url).unwrap(),
             _dirs: vec![root, db],
+            poll_ms: AtomicU64::new(20),
         }
     }
 
@@ -229,7 +233,8 @@ impl Target {
                     return status;
                 }
                 assert!(Instant::now() < deadline, "{run} did not end in time");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let poll = self.poll_ms.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(poll)).await;
             },
         }
     }
@@ -415,6 +420,11 @@ fn median(values: &mut [f64]) -> f64 {
 /// for `duration` (or `max_runs` in all); completed runs per second. The
 /// workers live in a `JoinSet`: dropping this future (a time limit) aborts them.
 async fn throughput(t: &Arc<Target>, concurrency: usize, duration: Duration, max_runs: u64) -> f64 {
+    // Smithers is polled every 20 ms per client up to 8 clients, then less
+    // often (64 clients: 160 ms), so that the polls (≤ 400/s) do not take
+    // the cores it needs to run the runs.
+    t.poll_ms
+        .store(20 * (concurrency as u64 / 8).max(1), Ordering::Relaxed);
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
@@ -432,6 +442,7 @@ async fn throughput(t: &Arc<Target>, concurrency: usize, duration: Duration, max
         });
     }
     join_all(workers).await;
+    t.poll_ms.store(20, Ordering::Relaxed);
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -507,8 +518,8 @@ impl Plan {
     fn peer(quick: bool, kind: Kind) -> Self {
         let smithers = kind == Kind::Smithers;
         Self {
-            start: if quick { 5 } else { 30 },
-            approve: if quick { 3 } else { 20 },
+            start: if quick { 5 } else { 20 },
+            approve: if quick { 3 } else { 12 },
             steps: if quick {
                 vec![(10, 1), (100, 1)]
             } else if smithers {
@@ -636,8 +647,8 @@ async fn measure(t: Target, plan: &Plan) -> Figures {
     for &(n, reps) in &plan.steps {
         eprintln!("[{}] (b) fibo N={n}, {reps} runs", t.name());
         let w = t.clone();
-        // A step gets up to 0.5 s (Smithers takes tens of ms).
-        let each = Duration::from_secs(20) + Duration::from_millis(500) * n as u32;
+        // A step gets up to 2 s (Smithers takes hundreds of ms, more as N grows).
+        let each = Duration::from_secs(20) + Duration::from_secs(2) * n as u32;
         let figure = bounded(&t, &format!("(b) N={n}"), limit(reps, each), async move {
             step_overhead(&w, n, reps).await
         })
@@ -1042,6 +1053,14 @@ fn write_section(name: &str, heading: &str, body: &str) {
     std::fs::write(&path, text).expect("write bench/README.md");
 }
 
+/// The 1-minute load average: other work on the same cores skews every figure.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn today() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -1086,8 +1105,9 @@ async fn main() {
         ("fibo", build_example("fibo").await),
         ("approval", build_example("approval").await),
     ];
+    let load_before = load_average();
     let machine = machine();
-    println!("machine: {machine}");
+    println!("machine: {machine}, load average {load_before}");
 
     if !peer {
         let figures = measure(Target::ours(&components), &Plan::ours_alone(quick)).await;
@@ -1105,11 +1125,13 @@ async fn main() {
                      The release binary on 127.0.0.1, driven by `smithers-client` from another process \
                      (2 cores shared by both). {} start and approve samples (each run waited to its end \
                      before the next), `hello` throughput for {} s per concurrency, durability `normal`. \
-                     {} on {machine}, commit {}.\n\n{table}\n",
+                     {} on {machine}, commit {}; 1-minute load average {load_before} before, {} after \
+                     (other engineers' builds share the cores).\n\n{table}\n",
                     Plan::ours_alone(quick).start,
                     Plan::ours_alone(quick).throughput.as_secs(),
                     today(),
-                    commit()
+                    commit(),
+                    load_average()
                 ),
             );
         }
@@ -1175,7 +1197,8 @@ async fn main() {
                  runs the same workloads against both servers on 127.0.0.1, one after the other, through \
                  the same Rust client. Smithers runs `bench/peer/server.ts` (`startServer`, no server db, \
                  `NODE_ENV=production`) with the TSX twins of `examples/hello`, `fibo` and `approval` in \
-                 `bench/peer/workflows/`. Run on {date}, {machine}, commit {}.\n\n{table}\n\
+                 `bench/peer/workflows/`. Run on {date}, {machine}, commit {}; 1-minute load average {load_before} \
+                 before, {} after (other engineers' builds share the cores).\n\n{table}\n\
                  ![ratios](peer/results.svg)\n\n\
                  How each figure is taken:\n\n\
                  - (a) time from sending `POST /v1/runs` (hello) to `RunStarted` read from \
@@ -1187,11 +1210,12 @@ async fn main() {
                  time from sending approve (Smithers: approve, then `POST /v1/runs` with `resume: true`, \
                  since it does not continue by itself) to the next `NodeStarted` on the open SSE stream; {} samples.\n\
                  - (d) C clients in a loop: start `hello`, wait until it ended (ours: the SSE stream's \
-                 terminal event; Smithers: `GET /v1/runs/:id` every 20 ms, faster than its 500 ms SSE \
-                 poll), for {} s per C.\n\
+                 terminal event; Smithers: `GET /v1/runs/:id` every 20 ms per client, faster than its 500 ms SSE \
+                 poll; 160 ms per client at C = 64, so that polls stay ≤ 400/s), for {} s per C.\n\
                  - (e) RSS (VmRSS of the server and its children) right after start, and after {} \
                  `approval` runs all parked at the gate.\n",
                 commit(),
+                load_average(),
                 Plan::peer(quick, Kind::Ours).start,
                 Plan::peer(quick, Kind::Ours)
                     .steps
