@@ -966,6 +966,18 @@ fn is_failure(cell: &str) -> bool {
         .any(|p| cell.starts_with(p))
 }
 
+/// "5/3/3 runs at N = 10/100/400": runs per N of a plan.
+fn reps(plan: &Plan) -> String {
+    let join = |f: &dyn Fn(&(u64, usize)) -> String| {
+        plan.steps.iter().map(f).collect::<Vec<_>>().join("/")
+    };
+    format!(
+        "{} runs at N = {}",
+        join(&|s| s.1.to_string()),
+        join(&|s| s.0.to_string())
+    )
+}
+
 fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -1039,11 +1051,10 @@ fn write_section(name: &str, heading: &str, body: &str) {
     let section = format!("{start}\n{body}{end}\n");
     let text = match (text.find(&start), text.find(&end)) {
         (Some(s), Some(e)) if s < e => {
-            format!(
-                "{}{section}{}",
-                &text[..s],
-                text[e + end.len()..].trim_start_matches('\n')
-            )
+            // Whatever followed the section keeps one blank line before it.
+            let rest = text[e + end.len()..].trim_start_matches('\n');
+            let gap = if rest.is_empty() { "" } else { "\n" };
+            format!("{}{section}{gap}{rest}", &text[..s])
         }
         _ => format!(
             "{}\n{heading}\n\n{section}",
@@ -1202,13 +1213,17 @@ async fn main() {
                  ![ratios](peer/results.svg)\n\n\
                  How each figure is taken:\n\n\
                  - (a) time from sending `POST /v1/runs` (hello) to `RunStarted` read from \
-                 `GET /v1/runs/:id/events`, opened as soon as the POST answers; {} samples each, one run at a time.\n\
+                 `GET /v1/runs/:id/events`, opened as soon as the POST answers; {} samples each, one run at a time. \
+                 Smithers answers the POST before its engine has written the run, and 404 until then: the \
+                 stream is re-opened every 2 ms until it exists.\n\
                  - (b) `fibo` with N sequential tasks: the server's own record, `(finishedAtMs - startedAtMs) / N`, \
-                 median of {}/{} runs (ours/Smithers) per N. Wall clock per step as the client saw it: \
+                 median of {} (ours) and {} (Smithers). Wall clock per step as the client saw it: \
                  ours {}; Smithers {}.\n\
                  - (c) with the approval run parked (`RunStatusChanged` to `waiting-approval` seen on SSE): \
                  time from sending approve (Smithers: approve, then `POST /v1/runs` with `resume: true`, \
-                 since it does not continue by itself) to the next `NodeStarted` on the open SSE stream; {} samples.\n\
+                 since it does not continue by itself) to the next `NodeStarted` on the open SSE stream; {} samples. Smithers' SSE reads its \
+                 database every 500 ms, which is most of its figure: that is when a client of its server learns \
+                 that the run went on.\n\
                  - (d) C clients in a loop: start `hello`, wait until it ended (ours: the SSE stream's \
                  terminal event; Smithers: `GET /v1/runs/:id` every 20 ms per client, faster than its 500 ms SSE \
                  poll; 160 ms per client at C = 64, so that polls stay ≤ 400/s), for {} s per C.\n\
@@ -1217,14 +1232,8 @@ async fn main() {
                 commit(),
                 load_average(),
                 Plan::peer(quick, Kind::Ours).start,
-                Plan::peer(quick, Kind::Ours)
-                    .steps
-                    .first()
-                    .map_or(0, |s| s.1),
-                Plan::peer(quick, Kind::Smithers)
-                    .steps
-                    .first()
-                    .map_or(0, |s| s.1),
+                reps(&Plan::peer(quick, Kind::Ours)),
+                reps(&Plan::peer(quick, Kind::Smithers)),
                 walls(&ours),
                 walls(&theirs),
                 Plan::peer(quick, Kind::Ours).approve,
