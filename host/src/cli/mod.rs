@@ -229,15 +229,11 @@ fn init_tracing(default_level: &str) {
 async fn serve(config: AppConfig, args: &ServerArgs) -> u8 {
     let server = args.server_config();
     if let Err(e) = server.validate() {
-        eprintln!("smithers-host: {e}");
-        return EXIT_USAGE;
+        return local::fail(e, EXIT_USAGE);
     }
     let app = match App::open(config) {
         Ok(app) => app,
-        Err(e) => {
-            eprintln!("smithers-host: {e}");
-            return EXIT_REFUSED;
-        }
+        Err(e) => return local::fail(e, EXIT_REFUSED),
     };
     let _watch = if args.no_watch {
         None
@@ -286,17 +282,11 @@ pub struct GatewayArgs {
 async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
     let gateway_config = match crate::gateway::config::GatewayConfig::load(&args.config) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("smithers-host: {e}");
-            return EXIT_USAGE;
-        }
+        Err(e) => return local::fail(e, EXIT_USAGE),
     };
     let app = match App::open(config) {
         Ok(app) => app,
-        Err(e) => {
-            eprintln!("smithers-host: {e}");
-            return EXIT_REFUSED;
-        }
+        Err(e) => return local::fail(e, EXIT_REFUSED),
     };
     match crate::gateway::serve(app, gateway_config, Some(args.config), shutdown_signal()).await {
         Ok(()) => EXIT_FINISHED,

@@ -27,15 +27,11 @@ pub async fn up(config: AppConfig, server: ServerConfig, args: UpArgs) -> u8 {
         return local::run(config, args.run).await;
     }
     if let Err(e) = server.validate() {
-        eprintln!("smithers-host: {e}");
-        return EXIT_USAGE;
+        return local::fail(e, EXIT_USAGE);
     }
     let app = match App::open(config) {
         Ok(app) => app,
-        Err(e) => {
-            eprintln!("smithers-host: {e}");
-            return EXIT_REFUSED;
-        }
+        Err(e) => return local::fail(e, EXIT_REFUSED),
     };
     let listener = match http::bind(&server).await {
         Ok(listener) => listener,

@@ -1,8 +1,9 @@
 //! Read-side views of runs that clients see but nothing stores: the derived
 //! `runState` (Smithers' `RunStateView`) and wire timestamps.
 //!
-//! Everything here is a pure function of rows already read, so it is cheap to
-//! call per listed run and testable without a database. It must never write.
+//! Everything here but [`RunFacts::read`] is a pure function of rows already
+//! read, so it is cheap to call per listed run and testable without a
+//! database. It must never write.
 
 use std::sync::Arc;
 
@@ -10,9 +11,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Engine;
-use crate::model::RunStatus;
+use crate::model::{NodeState, RunStatus};
 use crate::sandbox::SandboxPolicy;
-use crate::store::RunRow;
+use crate::store::{Reader, RunRow, StoreError};
 
 /// A `running` run whose lease is older than this is considered stale
 /// (Smithers' `RUN_HEARTBEAT_STALE_MS`).
@@ -44,6 +45,28 @@ pub struct RunFacts {
     pub pending_approvals: Vec<(String, i64)>,
     /// A node waiting for a signal, with the signal name when known.
     pub waiting_event_node: Option<String>,
+}
+
+impl RunFacts {
+    /// Reads what [`derive_run_state`] needs beyond the row, only when the
+    /// run's status makes it relevant (so listing finished runs reads nothing).
+    pub fn read(r: &Reader<'_>, run: &RunRow) -> Result<Self, StoreError> {
+        let mut facts = Self::default();
+        match run.status {
+            RunStatus::WaitingApproval => {
+                facts.pending_approvals = r.requested_approvals(&run.run_id)?
+            }
+            RunStatus::WaitingEvent => {
+                facts.waiting_event_node = r
+                    .nodes(&run.run_id)?
+                    .into_iter()
+                    .find(|n| n.state == NodeState::WaitingEvent)
+                    .map(|n| n.key.node_id.to_string());
+            }
+            _ => {}
+        }
+        Ok(facts)
+    }
 }
 
 /// Derives the run state from its row (Smithers `computeRunStateFromRow`,

@@ -14,7 +14,7 @@ use super::rpc::{
 use crate::engine::views::{RunFacts, derive_run_state, owner_alive_locally};
 use crate::engine::{ApprovalDecision, EngineError, ResumeOutcome};
 use crate::model::{ApprovalStatus, NodeKey, NodeState, RunId, RunStatus, now_ms};
-use crate::store::{Reader, RunRow, StoreError};
+use crate::store::{RunRow, StoreError};
 
 /// Default `limit` of `listRuns`.
 const DEFAULT_RUNS_LIMIT: u32 = 50;
@@ -112,24 +112,6 @@ pub async fn cancel_run(gateway: &Gateway, params: &Value) -> Result<Value, RpcE
     }
 }
 
-fn facts(r: &Reader<'_>, run: &RunRow) -> Result<RunFacts, StoreError> {
-    let mut facts = RunFacts::default();
-    match run.status {
-        RunStatus::WaitingApproval => {
-            facts.pending_approvals = r.requested_approvals(&run.run_id)?
-        }
-        RunStatus::WaitingEvent => {
-            facts.waiting_event_node = r
-                .nodes(&run.run_id)?
-                .into_iter()
-                .find(|n| n.state == NodeState::WaitingEvent)
-                .map(|n| n.key.node_id.to_string());
-        }
-        _ => {}
-    }
-    Ok(facts)
-}
-
 /// A run as the gateway lists it: the stored row plus `workflowKey`,
 /// `system` and the derived `runState`.
 fn run_summary(gateway: &Gateway, run: RunRow, facts: &RunFacts, now: i64) -> Value {
@@ -159,7 +141,7 @@ pub async fn get_run(gateway: &Gateway, params: &Value) -> Result<Value, RpcErro
             let Some(run) = r.run(&id)? else {
                 return Ok(None);
             };
-            Ok(Some((facts(r, &run)?, r.node_summary(&id)?, run)))
+            Ok(Some((RunFacts::read(r, &run)?, r.node_summary(&id)?, run)))
         })
         .await?;
     let (facts, summary, run) = found.ok_or_else(|| RpcError::run_not_found(run_id.as_str()))?;
@@ -187,7 +169,7 @@ pub async fn list_runs(gateway: &Gateway, params: &Value) -> Result<Value, RpcEr
         .read(move |r| {
             r.runs_page(limit, offset, status.as_deref(), path.as_deref())?
                 .into_iter()
-                .map(|run| Ok((facts(r, &run)?, run)))
+                .map(|run| Ok((RunFacts::read(r, &run)?, run)))
                 .collect::<Result<Vec<_>, StoreError>>()
         })
         .await?;

@@ -15,8 +15,8 @@ use super::extract::{JsonBody, PathParams, QueryParams, optional_int, positive_i
 use super::ok;
 use crate::engine::views::{RunFacts, RunStateView, derive_run_state, owner_alive_locally};
 use crate::engine::{Engine, ResumeOutcome, StartRequest};
-use crate::model::{NodeState, RunId, RunStatus, now_ms};
-use crate::store::{NodeSummary, Reader, RunRow, StoreError};
+use crate::model::{RunId, RunStatus, now_ms};
+use crate::store::{NodeSummary, RunRow, StoreError};
 
 /// Default and fallback `limit` of list routes.
 const DEFAULT_LIMIT: u32 = 50;
@@ -180,7 +180,7 @@ pub async fn status_of(engine: &Engine, run_id: RunId) -> Result<RunStatusView, 
             let Some(run) = r.run(&run_id)? else {
                 return Ok(None);
             };
-            let facts = run_facts(r, &run)?;
+            let facts = RunFacts::read(r, &run)?;
             Ok(Some((
                 facts,
                 r.node_summary(&run_id)?,
@@ -202,26 +202,6 @@ pub async fn status_of(engine: &Engine, run_id: RunId) -> Result<RunStatusView, 
         workflow_hash: run.workflow_hash,
         workflow_hashes,
     })
-}
-
-/// What `derive_run_state` needs beyond the row, read only when the status
-/// makes it relevant.
-fn run_facts(r: &Reader<'_>, run: &RunRow) -> Result<RunFacts, StoreError> {
-    let mut facts = RunFacts::default();
-    match run.status {
-        RunStatus::WaitingApproval => {
-            facts.pending_approvals = r.requested_approvals(&run.run_id)?
-        }
-        RunStatus::WaitingEvent => {
-            facts.waiting_event_node = r
-                .nodes(&run.run_id)?
-                .into_iter()
-                .find(|n| n.state == NodeState::WaitingEvent)
-                .map(|n| n.key.node_id.to_string());
-        }
-        _ => {}
-    }
-    Ok(facts)
 }
 
 /// A listed run: the full row plus its derived state.
@@ -250,7 +230,7 @@ pub async fn list(State(state): State<ApiState>, query: QueryParams) -> Result<R
         .read(move |r| {
             let runs = r.runs(limit, status.as_deref(), workflow.as_deref())?;
             runs.into_iter()
-                .map(|run| Ok((run_facts(r, &run)?, run)))
+                .map(|run| Ok((RunFacts::read(r, &run)?, run)))
                 .collect::<Result<Vec<_>, StoreError>>()
         })
         .await?;
