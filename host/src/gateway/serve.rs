@@ -14,12 +14,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -30,11 +25,10 @@ use super::{Gateway, cron, events, webhook, ws};
 use crate::app::App;
 use crate::http::error::json_response;
 use crate::http::extract::parse_json;
+use crate::http::listen::{Listener, accept_until};
 use crate::http::metrics::CONTENT_TYPE;
-use crate::http::{HEADER_READ_TIMEOUT, ops};
+use crate::http::ops;
 
-/// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unauthenticated sockets allowed beyond `max_connections`.
 const PRE_AUTH_SLACK: usize = 64;
 
@@ -310,11 +304,6 @@ async fn webhook_delivery(
     webhook::handle(&gateway, &key, &headers, bytes).await
 }
 
-enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, std::path::PathBuf),
-}
-
 async fn bind(config: &GatewayConfig) -> Result<(Listener, String), GatewayError> {
     if let Some(path) = &config.listen.socket {
         let addr = format!("unix:{}", path.display());
@@ -414,7 +403,7 @@ pub async fn serve(
     }
     announce(&url, &gateway);
     let router = router(gateway.clone());
-    accept_until(listener, router, shutdown, &gateway).await;
+    accept_until(listener, router, shutdown, &gateway.shutdown).await;
     app.close().await;
     tracing::info!("gateway stopped");
     Ok(())
@@ -453,78 +442,4 @@ fn announce(url: &str, gateway: &Gateway) {
     let _ = writeln!(stdout, "smithers-host gateway listening on {url}");
     let _ = stdout.flush();
     tracing::info!(%url, auth = gateway.auth().mode(), workflows = gateway.config.workflows.len(), "gateway listening");
-}
-
-async fn accept_until(
-    listener: Listener,
-    router: Router,
-    shutdown: impl Future<Output = ()>,
-    gateway: &Gateway,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = accept(&listener) => accepted,
-        };
-        match accepted {
-            Ok(Accepted::Tcp(stream)) => {
-                let _ = stream.set_nodelay(true);
-                serve_connection(&builder, &graceful, &router, stream);
-            }
-            Ok(Accepted::Unix(stream)) => serve_connection(&builder, &graceful, &router, stream),
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    if let Listener::Unix(_, path) = &listener {
-        let _ = std::fs::remove_file(path);
-    }
-    drop(listener);
-    gateway.shutdown.cancel();
-    tracing::info!("shutting down: draining connections");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
-    }
-}
-
-enum Accepted {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
-    match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
-        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
-    }
-}
-
-fn serve_connection<S>(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    router: &Router,
-    stream: S,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = TowerToHyperService::new(router.clone());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection.into_owned());
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
-    });
 }

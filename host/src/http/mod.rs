@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -34,10 +35,6 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -54,8 +51,6 @@ use crate::sandbox::SandboxStatus;
 
 /// How long a client may take to send the request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the server listens and whom it serves.
 #[derive(Debug, Clone)]
@@ -293,7 +288,13 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         announce(addr);
     }
-    accept_until(listener, router, shutdown, &state.shutdown).await;
+    listen::accept_until(
+        listen::Listener::Tcp(listener),
+        router,
+        shutdown,
+        &state.shutdown,
+    )
+    .await;
     app.close().await;
     tracing::info!("server stopped");
 }
@@ -336,53 +337,4 @@ pub async fn start_background(state: &ApiState) {
         }
         *slot.write().expect("sandbox status lock") = Some(status);
     });
-}
-
-/// Accepts connections until `shutdown`, then ends event streams (`stop`)
-/// and drains the connections (bounded).
-async fn accept_until(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()>,
-    stop: &CancellationToken,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    stop.cancel();
-    tracing::info!("shutting down: draining connections");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
-    }
 }
