@@ -4,9 +4,8 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use smithers_client::{Client, Event, EventKind, StreamOptions};
@@ -77,22 +76,8 @@ impl Host {
             cmd.arg("--auth-token").arg(token);
         }
         let mut child = cmd.spawn().expect("spawn smithers-host");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("smithers-host listening on") => break,
-                Ok(_) => {}
-                Err(_) => panic!("host did not start; log:\n{}", self.log()),
-            }
+        if common::wait_for_line(&mut child, "smithers-host listening on").is_none() {
+            panic!("host did not start; log:\n{}", self.log());
         }
         self.child = Some(child);
     }

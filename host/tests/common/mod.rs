@@ -3,8 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -193,4 +194,31 @@ pub fn types(events: &[Value]) -> Vec<&str> {
 /// Events of one type.
 pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// Reads `child`'s piped stdout until a line starting with `prefix` and
+/// returns the rest of that line, or `None` if none came within 60 s (the
+/// caller panics with the host's log). The stdout keeps being drained
+/// afterwards, so the host never blocks on a full pipe.
+pub fn wait_for_line(child: &mut Child, prefix: &str) -> Option<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    return Some(rest.trim().to_string());
+                }
+            }
+            Err(_) => return None,
+        }
+    }
 }

@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,26 +102,8 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("spawn smithers-host gateway");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("smithers-host gateway listening on ") {
-                        break url.trim().to_string();
-                    }
-                }
-                Err(_) => panic!("gateway did not start; log:\n{}", self.log()),
-            }
-        };
+        let url = common::wait_for_line(&mut child, "smithers-host gateway listening on ")
+            .unwrap_or_else(|| panic!("gateway did not start; log:\n{}", self.log()));
         self.base = url;
         self.child = Some(child);
     }

@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -112,26 +111,8 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("spawn smithers-host");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("smithers-host listening on http://") {
-                        break url.trim().to_string();
-                    }
-                }
-                Err(_) => panic!("server did not start; log:\n{}", self.log()),
-            }
-        };
+        let addr = common::wait_for_line(&mut child, "smithers-host listening on http://")
+            .unwrap_or_else(|| panic!("server did not start; log:\n{}", self.log()));
         self.base = format!("http://{addr}");
         self.addr = addr;
         self.child = Some(child);
