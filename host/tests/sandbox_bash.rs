@@ -356,8 +356,12 @@ async fn probe_reports_every_wall() {
     assert_eq!(walls.network, NetworkWall::Isolated);
     assert!(walls.no_new_privs && walls.capabilities_dropped && walls.nested_userns_blocked);
     assert!(walls.landlock.is_some(), "{status}");
+    assert!(walls.session_keyring_isolated, "{status}");
+    assert!(walls.seccomp.denied_syscalls >= 60, "{status}");
+    assert!(walls.seccomp.foreign_abis_blocked, "{status}");
     let text = status.to_string();
     assert!(text.starts_with("bash sandbox enforced"), "{text}");
+    assert!(text.contains("seccomp"), "{text}");
 
     let mut open = root.policy();
     open.allow_network = true;
@@ -440,4 +444,35 @@ async fn every_refused_wall_fails_closed_and_names_its_step() {
             "{step:?}: the command ran"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_strips_set_id_bits_left_in_the_root_dir_after_a_bash_call() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    // Planted from the host side: the seccomp filter refuses it from inside,
+    // so this stands for whatever a future kernel might let through.
+    let planted = root.path.join("deep/er");
+    std::fs::create_dir_all(&planted).unwrap();
+    let binary = planted.join("sh");
+    std::fs::copy("/bin/sh", &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"x").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::symlink(&victim, root.path.join("link")).unwrap();
+
+    assert_eq!(root.sh("true").await.exit_code, 0);
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mode(&binary) != 0o755 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mode(&binary), 0o755, "the set-id bits were not stripped");
+    assert_eq!(
+        mode(&victim),
+        0o4755,
+        "the sweep followed a symlink out of the root"
+    );
 }

@@ -42,6 +42,9 @@ enum Setup {
     Abstract,
     /// `RLIMIT_FSIZE` lowered to 16 MiB for this case.
     SmallFiles,
+    /// A `user` key `{KEYDESC}` (id `{KEYID}`) holding a secret, in the
+    /// session keyring (named `{KEYRING}`) the launcher inherits.
+    HostKey,
 }
 
 /// What containment looks like for a case (on top of the universal checks).
@@ -144,6 +147,30 @@ fn cases() -> Vec<Case> {
         case("hostname_change", "hostname pwned-{MARK} && echo ESCAPED; echo pwned > /proc/sys/kernel/hostname && echo ESCAPED; hostname", Prints("smithers-sandbox")),
         case("cgroup_view", "grep -v ':/$' /proc/self/cgroup && echo ESCAPED; echo cgroup-ok", Prints("cgroup-ok")),
         case("proc_fds_leak_nothing", "ls -l /proc/$$/fd/ | grep -E 'socket|anon_inode|/work|/root' && echo ESCAPED; echo fds-ok", Prints("fds-ok")),
+        // --- kernel objects namespaces do not separate: the keyring
+        case("keyring_read_host_key", "cat /proc/keys; python3 -c \"{PY}\nb=B(512); r=L.syscall(250, 11, {KEYID}, b, 512); print(b.raw[:max(r, 0)])\nS(250, 10, -3, b'user', b'{KEYDESC}', 0); S(250, 10, -4, b'user', b'{KEYDESC}', 0)\"", Prints("errno=1")).with(&[HostKey]),
+        case("keyring_join_host_by_name", "python3 -c \"{PY}\nS(250, 1, b'{KEYRING}'); b=B(512); r=L.syscall(250, 11, {KEYID}, b, 512); print(b.raw[:max(r, 0)])\"", Prints("errno=1")).with(&[HostKey]),
+        case("keyring_plant_keys", "python3 -c \"{PY}\nfor ring in (-3, -4, -5):\n  S(248, b'user', b'{KEYDESC}-planted', b'x', 1, ring)\"", Prints("errno=1")).with(&[HostKey]),
+        case("keyring_revoke_and_clear", "python3 -c \"{PY}\nS(250, 3, {KEYID}); S(250, 7, -3); S(250, 9, {KEYID}, -3); S(250, 2, {KEYID}, 0, 0)\"", Prints("errno=1")).with(&[HostKey]),
+        case("keyring_request_key", "python3 -c \"{PY}\nS(249, b'user', b'{KEYDESC}', 0, -3)\"", Prints("errno=1")).with(&[HostKey]),
+        // --- set-id files left in the root dir for the rest of the machine
+        case("setuid_chmod_variants", "cp /bin/sh s && for m in 4755 u+s 2755 g+s 6755; do chmod $m s 2>&1 | grep -q 'not permitted' && echo refused-$m; done; install -m 4755 /bin/sh s2 2>&1 | grep -q 'not permitted' && echo refused-install; python3 -c \"import os; os.chmod('s', 0o4755)\" 2>&1 | grep -q PermissionError && echo refused-python; stat -c '%a %n' s s2 2>/dev/null", Prints("refused-4755")),
+        case("setuid_created_directly", "python3 -c \"{PY}\nimport stat\nfor f in (lambda: os.open('a', os.O_CREAT | os.O_WRONLY, 0o4755), lambda: os.mknod('b', stat.S_IFREG | 0o4755), lambda: os.open('.', os.O_TMPFILE | os.O_WRONLY, 0o2755), lambda: os.fchmod(os.open('c', os.O_CREAT | os.O_WRONLY, 0o755), 0o4755)):\n  try:\n    f(); print('ESCAPED')\n  except PermissionError: print('errno=1')\nS(85, b'd', 0o4755)\"; stat -c '%a %n' * 2>/dev/null", Prints("errno=1")),
+        case("setuid_tar_and_cp_preserve", "tar -C /usr/bin -cf t.tar su passwd 2>/dev/null; mkdir -p x && tar -C x -xpf t.tar 2>/dev/null; cp -p /usr/bin/passwd p 2>/dev/null; stat -c '%a %n' x/* p 2>/dev/null; echo copied", Prints("copied")),
+        // --- the seccomp filter: kernel surface the sandbox never needs
+        case("seccomp_is_active", "grep -E '^Seccomp:[[:space:]]+2' /proc/self/status >/dev/null && echo filtered; grep Seccomp_filters /proc/self/status", Prints("filtered")),
+        case("ptrace_traceme", "python3 -c \"{PY}\nS(101, 0, 0, 0, 0)\"", Prints("errno=1")),
+        case("io_uring", "python3 -c \"{PY}\nS(425, 8, B(120))\"", Prints("errno=1")),
+        case("userfaultfd", "python3 -c \"{PY}\nS(323, 0)\"", Prints("errno=1")),
+        case("bpf_and_perf", "python3 -c \"{PY}\nS(321, 5, B(128), 128); S(298, B(128), 0, -1, -1, 0)\"", Prints("errno=1")),
+        case("personality_disables_aslr", "python3 -c \"{PY}\nS(135, 0x0040000)\"; setarch -R true && echo ESCAPED", Prints("errno=1")),
+        case("unshare_and_clone_namespaces", "python3 -c \"{PY}\nS(272, 0x10000000); S(272, 0x20000); S(56, 0x10000000 | 17, 0, 0, 0, 0)\"", Prints("errno=1")),
+        case("clone3_and_openat2_fall_back", "python3 -c \"{PY}\nS(435, B(88), 88); S(437, -100, b'/', B(24), 24)\"; echo fallback-ok", Prints("errno=38")),
+        case("x32_abi_numbers", "python3 -c \"{PY}\nS(0x40000000 | 39); S(0x40000000 | 250, 0, 0)\"", Prints("errno=1")),
+        case("mount_api_and_setns", "python3 -c \"{PY}\nS(428, -100, b'/', 0); S(430, b'tmpfs', 0); S(308, 0, 0); S(161, b'/')\"", Prints("errno=1")),
+        case("vsock_to_the_hypervisor", "python3 -c \"{PY}\nS(41, 40, 1, 0)\"", Prints("errno=1")),
+        case("terminal_injection", "python3 -c \"{PY}\nS(16, 1, 0x5412, b'x'); S(16, 0, 0x541C, B(8))\"", Prints("errno=1")),
+        case("clock_and_modules", "python3 -c \"{PY}\nS(227, 0, B(16)); S(175, B(16), 16, b''); S(313, 0, b'', 0); S(246, 0, 0, B(8), 0)\"", Prints("errno=1")),
         // --- environment
         case("host_env_secret", "env; printenv {SECRET_VAR} && echo ESCAPED; echo \"${SECRET_VAR}\"", Contained),
         case("environ_of_every_process", "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done; echo scanned", Prints("scanned")),
@@ -191,7 +218,20 @@ struct Fixture {
     unix: Option<UnixListener>,
     abstract_name: String,
     abstract_socket: Option<UnixListener>,
+    key: Option<HostKey>,
 }
+
+/// A key in the test process's session keyring.
+struct HostKey {
+    id: i64,
+    payload: String,
+}
+
+/// Python prelude of the system-call cases: `S(nr, *args)` calls the raw
+/// system call and prints `ESCAPED` when it succeeded, `errno=N` otherwise;
+/// `B(n)` is an n-byte buffer.
+const PY_SYSCALL: &str = "import ctypes, os; L = ctypes.CDLL(None, use_errno=True); B = ctypes.create_string_buffer\n\
+def S(*a): r = L.syscall(*[ctypes.c_long(x) if isinstance(x, int) else x for x in a]); print('ESCAPED' if r >= 0 else 'errno=%d' % ctypes.get_errno())";
 
 const SECRET_FILE_NAME: &str = "secret.txt";
 
@@ -231,6 +271,16 @@ impl Fixture {
             l.set_nonblocking(true).unwrap();
             l
         });
+        let key = case.setup.contains(&HostKey).then(|| {
+            let payload = format!("TOPSECRET-KEY-{}", uuid::Uuid::new_v4().simple());
+            let id = keys::add(
+                &format!("smithers-escape-{marker}"),
+                &payload,
+                keys::SESSION,
+            )
+            .expect("add a key to the test's session keyring");
+            HostKey { id, payload }
+        });
         Self {
             _base: base,
             root,
@@ -242,6 +292,7 @@ impl Fixture {
             unix,
             abstract_name,
             abstract_socket,
+            key,
         }
     }
 
@@ -274,6 +325,17 @@ impl Fixture {
             .replace("{MARK}", &self.marker)
             .replace("{SECRET_VAR}", SECRET_VAR)
             .replace("{HOSTPID}", &std::process::id().to_string())
+            .replace("{PY}", PY_SYSCALL)
+            .replace(
+                "{KEYID}",
+                &self.key.as_ref().map_or(0, |k| k.id).to_string(),
+            )
+            .replace("{KEYDESC}", &self.key_description())
+            .replace("{KEYRING}", &session_keyring_name())
+    }
+
+    fn key_description(&self) -> String {
+        format!("smithers-escape-{}", self.marker)
     }
 
     fn policy(&self, case: &Case) -> SandboxPolicy {
@@ -354,6 +416,28 @@ impl Fixture {
         {
             found.push("the host's abstract unix socket was reached".to_string());
         }
+        if let Some(key) = &self.key {
+            if output.contains(&key.payload) {
+                found.push("the host key's payload leaked".to_string());
+            }
+            match keys::read(key.id) {
+                Ok(payload) if payload == key.payload => {}
+                other => found.push(format!("the host key was changed or revoked: {other:?}")),
+            }
+            let planted = format!("{}-planted", self.key_description());
+            for ring in [keys::SESSION, keys::USER] {
+                if let Ok(id) = keys::search(ring, &planted) {
+                    let _ = keys::unlink(id, ring);
+                    found.push(format!("a key was planted in host keyring {ring}"));
+                }
+            }
+        }
+        let set_id = set_id_files(&self.root);
+        if !set_id.is_empty() {
+            found.push(format!(
+                "set-id files were left in the root dir: {set_id:?}"
+            ));
+        }
         let survivors = processes_with(&self.marker);
         if !survivors.is_empty() {
             found.push(format!("processes outlived the call: {survivors:?}"));
@@ -366,6 +450,115 @@ impl Fixture {
         }
         found
     }
+}
+
+/// Files under `root` (not following symlinks) with a set-id bit.
+fn set_id_files(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.permissions().mode() & 0o6000 != 0 {
+                found.push(format!(
+                    "{} {:o}",
+                    entry.path().display(),
+                    meta.permissions().mode()
+                ));
+            }
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// The Linux keyring, driven from the test process (the host's side).
+mod keys {
+    pub const SESSION: i64 = -3;
+    pub const USER: i64 = -4;
+    const JOIN_SESSION: i64 = 1;
+    const UNLINK: i64 = 9;
+    const SEARCH: i64 = 10;
+    const READ: i64 = 11;
+
+    fn check(r: libc::c_long) -> Result<i64, std::io::Error> {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    }
+
+    fn c(text: &str) -> std::ffi::CString {
+        std::ffi::CString::new(text).unwrap()
+    }
+
+    /// Joins (creating) the named session keyring.
+    pub fn join_session(name: &str) -> Result<i64, std::io::Error> {
+        let name = c(name);
+        // SAFETY: a valid NUL-terminated name.
+        check(unsafe { libc::syscall(libc::SYS_keyctl, JOIN_SESSION, name.as_ptr()) })
+    }
+
+    pub fn add(description: &str, payload: &str, ring: i64) -> Result<i64, std::io::Error> {
+        let (kind, description) = (c("user"), c(description));
+        // SAFETY: valid strings and a payload buffer of the given length.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_add_key,
+                kind.as_ptr(),
+                description.as_ptr(),
+                payload.as_ptr(),
+                payload.len(),
+                ring,
+            )
+        })
+    }
+
+    pub fn read(id: i64) -> Result<String, std::io::Error> {
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: the buffer is valid for its length.
+        let n = check(unsafe {
+            libc::syscall(libc::SYS_keyctl, READ, id, buf.as_mut_ptr(), buf.len())
+        })?;
+        buf.truncate(n as usize);
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    pub fn search(ring: i64, description: &str) -> Result<i64, std::io::Error> {
+        let (kind, description) = (c("user"), c(description));
+        // SAFETY: valid NUL-terminated strings.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_keyctl,
+                SEARCH,
+                ring,
+                kind.as_ptr(),
+                description.as_ptr(),
+                0,
+            )
+        })
+    }
+
+    pub fn unlink(id: i64, ring: i64) -> Result<i64, std::io::Error> {
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::syscall(libc::SYS_keyctl, UNLINK, id, ring) })
+    }
+}
+
+fn session_keyring_name() -> String {
+    format!("smithers-escape-keyring-{}", std::process::id())
 }
 
 fn count_accepts(mut accept: impl FnMut() -> std::io::Result<()>) -> usize {
@@ -500,6 +693,10 @@ fn escape_attempts_are_contained() {
     // SAFETY: single-threaded at this point; see above.
     unsafe { std::env::set_var(SECRET_VAR, secret_value()) };
     HOSTNAME_AT_START.set(host_hostname()).unwrap();
+    // A named session keyring of our own, joined before the runtime's threads
+    // exist so that they (and the launchers they spawn) inherit it: the host
+    // side of the keyring cases.
+    keys::join_session(&session_keyring_name()).expect("join a session keyring");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,43 +1,24 @@
-//! Host side of the confined `bash` tool: validation, launch, capture,
-//! timeout, cancel and teardown.
+//! The confined `bash` tool: validation of a call and the shape of its
+//! outcome.
 //!
 //! A call is validated completely before anything starts (command length,
 //! timeout, output cap, environment names, `cwd` under the root dir lexically
-//! and after symlinks). Then the launcher is spawned with an empty
-//! environment and one end of a socketpair as stdin (see [`super::protocol`]);
-//! stdout and stderr are drained to the end, keeping at most the cap and
-//! discarding the rest so the shell never blocks on a full pipe. A timeout, a
-//! cancel or a dropped future closes the socket, which makes the launcher kill
-//! the pid namespace and wait until it is empty; only a launcher that does not
-//! comply within [`KILL_GRACE`] is killed directly (its init then dies by its
-//! parent-death signal).
-//!
-//! This module never runs anything outside the launcher, never decides an
-//! outcome from an exit code alone (the launcher's reports say whether the
-//! walls were built), and never returns an outcome without the launcher's
-//! confirmation that every wall was up.
+//! and after symlinks) and becomes a [`Launch`] of `/bin/bash -c COMMAND`
+//! with the root dir writable; [`super::spawn`] runs it. This module never
+//! starts anything itself and never lets a call choose a wall.
 
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Once;
-use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
 use super::paths::{self, PathError};
-use super::protocol::{LaunchSpec, MAX_REPORT_BYTES, Report, parse_reports};
-use super::status::{SetupStep, Walls};
+use super::protocol::LaunchSpec;
+use super::spawn::{Finished, Launch};
+use super::status::Walls;
 use super::{
-    BashOutcome, BashRequest, DEFAULT_BASH_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, LAUNCHER_ARG,
-    MAX_BASH_TIMEOUT, MAX_COMMAND_CHARS, MAX_OUTPUT_BYTES, SandboxPolicy, ToolError, ToolErrorCode,
+    BashOutcome, BashRequest, DEFAULT_BASH_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, MAX_BASH_TIMEOUT,
+    MAX_COMMAND_CHARS, MAX_OUTPUT_BYTES, SandboxPolicy, ToolError, ToolErrorCode,
 };
 
-/// How long a launcher may take to empty its pid namespace after the host
-/// asked it to, before the host kills it outright.
-const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longest `cwd` accepted.
 const MAX_CWD_BYTES: usize = 1024;
 /// Most environment variables a call may add.
@@ -45,29 +26,16 @@ const MAX_ENV_VARS: usize = 128;
 /// Largest total size of the added environment.
 const MAX_ENV_BYTES: usize = 64 << 10;
 
-/// A validated call, ready to launch.
-pub(crate) struct Prepared {
-    spec: LaunchSpec,
-    timeout: Duration,
-    max_output: usize,
-}
-
-/// How a launch ended when it produced an outcome.
-pub(crate) struct Finished {
-    pub outcome: BashOutcome,
-    pub walls: Walls,
-}
-
 fn invalid(message: impl Into<String>) -> ToolError {
     ToolError::new(ToolErrorCode::InvalidInput, message)
 }
 
-fn unavailable(message: impl Into<String>) -> ToolError {
+pub(crate) fn unavailable(message: impl Into<String>) -> ToolError {
     ToolError::new(ToolErrorCode::SandboxUnavailable, message)
 }
 
 /// Validates `request` against the contract's bounds and the policy's root.
-pub(crate) fn prepare(policy: &SandboxPolicy, request: BashRequest) -> Result<Prepared, ToolError> {
+pub(crate) fn prepare(policy: &SandboxPolicy, request: BashRequest) -> Result<Launch, ToolError> {
     let root = checked_root(&policy.root_dir)?;
 
     if request.command.is_empty() {
@@ -124,11 +92,14 @@ pub(crate) fn prepare(policy: &SandboxPolicy, request: BashRequest) -> Result<Pr
     }
 
     let cpu_seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0) + 1;
-    Ok(Prepared {
+    Ok(Launch {
         spec: LaunchSpec {
             root_dir: root,
+            root_writable: true,
+            mounts: Vec::new(),
             cwd,
-            command: request.command,
+            program: PathBuf::from("/bin/bash"),
+            argv: vec!["bash".into(), "-c".into(), request.command],
             env,
             allow_network: policy.allow_network,
             allow_missing_landlock: policy.allow_missing_landlock,
@@ -141,9 +112,23 @@ pub(crate) fn prepare(policy: &SandboxPolicy, request: BashRequest) -> Result<Pr
     })
 }
 
+/// The bash outcome of a finished launch, with the walls it ran behind.
+pub(crate) fn outcome(finished: Finished, max_output: usize) -> (BashOutcome, Walls) {
+    let (stdout, stdout_cut) = utf8_within(finished.stdout, max_output, finished.stdout_cut);
+    let (stderr, stderr_cut) = utf8_within(finished.stderr, max_output, finished.stderr_cut);
+    let outcome = BashOutcome {
+        exit_code: finished.exit_code,
+        stdout,
+        stderr,
+        truncated: stdout_cut || stderr_cut,
+        duration_ms: finished.duration_ms,
+    };
+    (outcome, finished.walls)
+}
+
 /// The root dir must exist, be canonical, and not be `/` or a kernel
 /// filesystem (the sandbox builds its own `/proc` and `/dev`, and has no `/sys`).
-fn checked_root(root: &Path) -> Result<PathBuf, ToolError> {
+pub(crate) fn checked_root(root: &Path) -> Result<PathBuf, ToolError> {
     let canonical = std::fs::canonicalize(root).map_err(|e| {
         unavailable(format!(
             "the root dir {} is not usable: {e}",
@@ -219,209 +204,6 @@ fn validate_env(env: &[(String, String)]) -> Result<(), ToolError> {
         )));
     }
     Ok(())
-}
-
-/// Launches a prepared call and waits for it, the timeout or `cancel`.
-pub(crate) async fn launch(
-    policy: &SandboxPolicy,
-    prepared: Prepared,
-    cancel: CancellationToken,
-) -> Result<Finished, ToolError> {
-    let Prepared {
-        spec,
-        timeout,
-        max_output,
-    } = prepared;
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::from_std(started + timeout);
-
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-        .map_err(|e| unavailable(format!("cannot create the control socket: {e}")))?;
-    let mut command = Command::new(&policy.launcher);
-    command
-        .arg(LAUNCHER_ARG)
-        .env_clear()
-        .current_dir("/")
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let spawned = command.spawn();
-    // The command holds the launcher's end of the socket: drop it now, or the
-    // host would never see the launcher side hang up.
-    drop(command);
-    let mut child = spawned.map_err(|e| {
-        unavailable(format!(
-            "cannot start the sandbox launcher {}: {e}",
-            policy.launcher.display()
-        ))
-    })?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    ours.set_nonblocking(true)
-        .map_err(|e| unavailable(format!("control socket: {e}")))?;
-    let control = tokio::net::UnixStream::from_std(ours)
-        .map_err(|e| unavailable(format!("control socket: {e}")))?;
-    let (mut reports_in, mut spec_out) = control.into_split();
-
-    let mut line = serde_json::to_vec(&spec).expect("the spec always serializes");
-    line.push(b'\n');
-    // A launcher that died before reading is diagnosed from its reports and
-    // exit status below, so a failed write is not an error by itself.
-    let _ = spec_out.write_all(&line).await;
-
-    let collect = async {
-        tokio::join!(
-            read_capped(stdout, max_output),
-            read_capped(stderr, max_output),
-            read_reports(&mut reports_in),
-            child.wait(),
-        )
-    };
-    let interrupted = tokio::select! {
-        biased;
-        collected = collect => Ok(collected),
-        () = cancel.cancelled() => Err(ToolError::new(
-            ToolErrorCode::Cancelled,
-            "the bash call was cancelled; its process tree was killed",
-        )),
-        () = tokio::time::sleep_until(deadline) => Err(ToolError::new(
-            ToolErrorCode::Timeout,
-            format!("Command timed out after {}ms", timeout.as_millis()),
-        )),
-    };
-    let ((out, out_cut), (err, err_cut), reports, exit) = match interrupted {
-        Ok(collected) => collected,
-        Err(error) => {
-            // Closing the socket asks the launcher to kill the namespace; its
-            // exit means the namespace is empty.
-            drop(reports_in);
-            drop(spec_out);
-            if tokio::time::timeout(KILL_GRACE, child.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!("sandbox launcher ignored the kill request; killing it");
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
-            return Err(error);
-        }
-    };
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let reports = reports.map_err(unavailable)?;
-    let exit = exit.map_err(|e| unavailable(format!("waiting for the launcher: {e}")))?;
-
-    if let Some(failure) = reports.iter().find_map(|r| match r {
-        Report::SetupFailed { step, detail, .. } => Some((*step, detail.clone())),
-        _ => None,
-    }) {
-        return Err(setup_failure(failure.0, &failure.1));
-    }
-    let walls = reports.iter().find_map(|r| match r {
-        Report::Enforced(walls) => Some(walls.clone()),
-        _ => None,
-    });
-    let status = reports.iter().find_map(|r| match r {
-        Report::Exited { code } => Some(*code),
-        Report::Signaled { signal } => Some(128 + signal),
-        _ => None,
-    });
-    let Some(walls) = walls else {
-        let said = String::from_utf8_lossy(&err);
-        let said = said.trim();
-        return Err(unavailable(format!(
-            "the sandbox launcher exited ({exit}) without confirming its walls{}",
-            if said.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", said.chars().take(500).collect::<String>())
-            }
-        )));
-    };
-    let Some(exit_code) = status else {
-        return Err(ToolError::new(
-            ToolErrorCode::SpawnFailed,
-            format!("the sandbox init died before the shell finished (launcher {exit})"),
-        ));
-    };
-    if walls.landlock.is_none() {
-        static WARNED: Once = Once::new();
-        WARNED.call_once(|| {
-            tracing::warn!(
-                "bash sandbox runs WITHOUT Landlock (the kernel lacks it and \
-                 --allow-missing-landlock is set): only namespaces, mounts, capabilities \
-                 and rlimits confine the shell"
-            );
-        });
-    }
-    let (stdout, stdout_cut) = utf8_within(out, max_output, out_cut);
-    let (stderr, stderr_cut) = utf8_within(err, max_output, err_cut);
-    Ok(Finished {
-        outcome: BashOutcome {
-            exit_code,
-            stdout,
-            stderr,
-            truncated: stdout_cut || stderr_cut,
-            duration_ms,
-        },
-        walls,
-    })
-}
-
-fn setup_failure(step: SetupStep, detail: &str) -> ToolError {
-    if step == SetupStep::Exec {
-        // Every wall was up; the shell itself could not be executed.
-        return ToolError::new(
-            ToolErrorCode::SpawnFailed,
-            format!("Failed to spawn /bin/bash inside the sandbox ({step}): {detail}"),
-        );
-    }
-    unavailable(format!(
-        "the bash sandbox could not be set up ({step}): {detail}"
-    ))
-}
-
-/// Reads `reader` to the end, keeping the first `cap` bytes.
-async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
-    let mut truncated = false;
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => {
-                let room = cap - kept.len();
-                if n > room {
-                    truncated = true;
-                }
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    (kept, truncated)
-}
-
-async fn read_reports(reader: &mut (impl AsyncRead + Unpin)) -> Result<Vec<Report>, String> {
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match reader.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) if bytes.len() + n > MAX_REPORT_BYTES => {
-                return Err("the sandbox launcher's reports are too long".into());
-            }
-            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // A launcher that died without reading the spec resets the
-            // socket; what it said before (if anything) still counts.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => return Err(format!("reading the sandbox launcher's reports: {e}")),
-        }
-    }
-    parse_reports(&bytes).map_err(|e| format!("garbled report from the sandbox launcher: {e}"))
 }
 
 /// Text of at most `cap` bytes that never ends inside a code point; invalid

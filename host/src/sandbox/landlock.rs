@@ -2,9 +2,10 @@
 //! shell) after `pivot_root`.
 //!
 //! Even if a mount were writable by mistake, Landlock allows writes only under
-//! the root dir, `/tmp`, `/dev/shm` and the five device nodes; reads and
-//! execution under the system dirs and `/etc`; reads of `/proc`; directory
-//! listing everywhere (the mount namespace already decides what exists). With
+//! the root dir (unless the launch makes it read-only), `/tmp`, `/dev/shm`,
+//! the launch's writable mounts and the five device nodes; reads and
+//! execution under the system dirs, `/etc` and the launch's read-only mounts;
+//! reads of `/proc`; directory listing everywhere (the mount namespace already decides what exists). With
 //! the network isolated and ABI 4+, TCP `bind`/`connect` are denied too; with
 //! ABI 6+, abstract unix sockets and signals are scoped to the sandbox.
 //!
@@ -119,12 +120,14 @@ fn build(
         let fd = PathFd::new(Path::new("/dev").join(node))?;
         ruleset = ruleset.add_rule(PathBeneath::new(fd, device))?;
     }
-    for dir in [
-        spec.root_dir.as_path(),
-        Path::new("/tmp"),
-        Path::new("/dev/shm"),
-    ] {
+    for dir in [Path::new("/tmp"), Path::new("/dev/shm")] {
         ruleset = ruleset.add_rule(PathBeneath::new(PathFd::new(dir)?, all))?;
+    }
+    let root_access = if spec.root_writable { all } else { read_exec };
+    ruleset = ruleset.add_rule(PathBeneath::new(PathFd::new(&spec.root_dir)?, root_access))?;
+    for mount in &spec.mounts {
+        let access = if mount.writable() { all } else { read_exec };
+        ruleset = ruleset.add_rule(PathBeneath::new(PathFd::new(mount.path())?, access))?;
     }
     let status = ruleset.restrict_self()?;
     if status.ruleset != RulesetStatus::FullyEnforced {

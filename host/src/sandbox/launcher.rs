@@ -14,9 +14,13 @@
 //!   [`super::landlock`]), reports the walls, forks the shell and reaps; when
 //!   the shell exits it reports the status and exits, and the kernel kills
 //!   whatever the shell left behind (`setsid`, `nohup`, double forks);
-//! * the **shell** gets the resource limits, default signal dispositions and
-//!   `/dev/null` as stdin, and executes `/bin/bash -c COMMAND` with the spec's
-//!   environment only.
+//! * the **program** (`/bin/bash -c COMMAND` for the bash tool, `cargo` for a
+//!   guest build) gets the resource limits, default signal dispositions and
+//!   `/dev/null` as stdin, and is executed with the spec's environment only.
+//!
+//! Before anything else the launcher leaves the host's session keyring for a
+//! fresh, empty one: keyrings are not separated by namespaces, and the host's
+//! keys must not be reachable even if the seccomp filter were missing.
 //!
 //! Every step that can fail reports a [`SetupStep`] and the kernel's error on
 //! the control socket before anything runs, so the host fails closed with a
@@ -37,7 +41,7 @@ use rustix::thread::UnshareFlags;
 
 use super::protocol::{LaunchSpec, MAX_SPEC_BYTES, Report};
 use super::status::{NetworkWall, SetupStep, Walls};
-use super::{confine, landlock, rootfs};
+use super::{confine, landlock, rootfs, seccomp};
 
 /// The hostname inside the sandbox (its own uts namespace).
 pub(crate) const SANDBOX_HOSTNAME: &str = "smithers-sandbox";
@@ -194,6 +198,7 @@ fn read_spec(control: BorrowedFd<'_>) -> Result<LaunchSpec, SetupError> {
 /// The launcher proper: namespaces, id maps, fork, supervision.
 fn launch(control: &OwnedFd) -> Result<ExitCode, SetupError> {
     let spec = read_spec(control.as_fd())?;
+    join_fresh_session_keyring(&spec)?;
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
 
@@ -252,6 +257,27 @@ fn launch(control: &OwnedFd) -> Result<ExitCode, SetupError> {
     })?;
     drop(alive_write);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces the session keyring inherited from the host by a new, anonymous
+/// and empty one, so nothing in the sandbox possesses the host's keys.
+fn join_fresh_session_keyring(spec: &LaunchSpec) -> Result<(), SetupError> {
+    checkpoint(spec, SetupStep::Keyring)?;
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a null name asks the kernel for a new anonymous keyring; no
+    // memory is passed.
+    let joined = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if joined < 0 {
+        return Err(io::Error::last_os_error())
+            .at(SetupStep::Keyring, "keyctl(KEYCTL_JOIN_SESSION_KEYRING)");
+    }
+    Ok(())
 }
 
 /// Waits until the init exits, or kills it when the host hangs up.
@@ -357,6 +383,7 @@ fn init(
     checkpoint(spec, SetupStep::Chdir)?;
     rustix::process::chdir(&spec.cwd).at(SetupStep::Chdir, spec.cwd.display().to_string())?;
 
+    let filters = seccomp::compile(spec)?;
     confine::no_new_privs(spec)?;
     confine::lock_root_privileges(spec)?;
     let landlock = landlock::enforce(spec)?;
@@ -365,6 +392,9 @@ fn init(
     // its /proc entries (and so not reach the control socket through them).
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .at(SetupStep::Capabilities, "PR_SET_DUMPABLE 0")?;
+    let program = Program::new(spec)?;
+    // Last: from here on the init itself only forks, waits and reports.
+    let seccomp = seccomp::install(spec, filters)?;
 
     let mut namespaces = vec!["user", "mount", "pid", "ipc", "uts", "cgroup"];
     if !spec.allow_network {
@@ -381,11 +411,12 @@ fn init(
         no_new_privs: true,
         capabilities_dropped: true,
         nested_userns_blocked: root.nested_userns_blocked,
+        seccomp,
+        session_keyring_isolated: true,
         pid_max: root.pid_max,
         limits: spec.limits,
         cpu_seconds: spec.cpu_seconds,
     };
-    let shell = ShellCommand::new(spec)?;
 
     checkpoint(spec, SetupStep::Report)?;
     send(control, &Report::Enforced(walls));
@@ -396,7 +427,7 @@ fn init(
         return Err(io::Error::last_os_error()).at(SetupStep::Fork, "fork(shell)");
     }
     if pid == 0 {
-        let Err(e) = exec_shell(spec, &shell);
+        let Err(e) = exec_program(spec, &program);
         send(control, &e.report());
         // SAFETY: _exit ends the would-be shell immediately.
         unsafe { libc::_exit(127) }
@@ -436,21 +467,28 @@ fn reap_until(shell: libc::pid_t) -> Result<libc::c_int, SetupError> {
     }
 }
 
-/// `/bin/bash -c COMMAND` with its environment, prepared before the fork.
-struct ShellCommand {
+/// The program, its arguments and environment, prepared before the fork.
+struct Program {
+    path: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
 }
 
-impl ShellCommand {
+impl Program {
     fn new(spec: &LaunchSpec) -> Result<Self, SetupError> {
         let invalid = |what: &str| {
             Err(io::Error::from(io::ErrorKind::InvalidInput)).at(SetupStep::Exec, what)
         };
-        let Ok(command) = CString::new(spec.command.as_str()) else {
-            return invalid("the command contains NUL");
+        let Ok(path) = CString::new(spec.program.as_os_str().as_bytes()) else {
+            return invalid("the program path contains NUL");
         };
-        let argv = vec![c"bash".to_owned(), c"-c".to_owned(), command];
+        let mut argv = Vec::with_capacity(spec.argv.len());
+        for arg in &spec.argv {
+            let Ok(arg) = CString::new(arg.as_str()) else {
+                return invalid("an argument contains NUL");
+            };
+            argv.push(arg);
+        }
         let mut envp = Vec::with_capacity(spec.env.len());
         for (name, value) in &spec.env {
             let Ok(entry) = CString::new(format!("{name}={value}")) else {
@@ -458,24 +496,25 @@ impl ShellCommand {
             };
             envp.push(entry);
         }
-        Ok(Self { argv, envp })
+        Ok(Self { path, argv, envp })
     }
 }
 
-/// The shell-to-be: resource limits, clean signal state, then `execve`.
-fn exec_shell(spec: &LaunchSpec, shell: &ShellCommand) -> Result<Infallible, SetupError> {
+/// The program-to-be: resource limits, clean signal state, then `execve`.
+fn exec_program(spec: &LaunchSpec, program: &Program) -> Result<Infallible, SetupError> {
     confine::apply_rlimits(spec)?;
     confine::reset_signals();
     checkpoint(spec, SetupStep::Exec)?;
-    let mut argv: Vec<*const libc::c_char> = shell.argv.iter().map(|a| a.as_ptr()).collect();
+    let mut argv: Vec<*const libc::c_char> = program.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = shell.envp.iter().map(|e| e.as_ptr()).collect();
+    let mut envp: Vec<*const libc::c_char> = program.envp.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
-    let bash = std::path::Path::new("/bin/bash");
-    let path = CString::new(bash.as_os_str().as_bytes()).expect("no NUL in a literal path");
     // SAFETY: path, argv and envp are NUL-terminated strings in
     // NULL-terminated arrays that outlive the call; execve only returns on
     // failure.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Err(io::Error::last_os_error()).at(SetupStep::Exec, "execve /bin/bash")
+    unsafe { libc::execve(program.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Err(io::Error::last_os_error()).at(
+        SetupStep::Exec,
+        format!("execve {}", spec.program.display()),
+    )
 }

@@ -20,10 +20,15 @@ pub mod launcher;
 pub mod paths;
 mod protocol;
 mod rootfs;
+pub mod seccomp;
+pub mod setid;
+mod spawn;
 mod status;
 pub mod wasi;
 
-pub use status::{LandlockWalls, NetworkWall, ResourceLimits, SandboxStatus, SetupStep, Walls};
+pub use status::{
+    LandlockWalls, NetworkWall, ResourceLimits, SandboxStatus, SeccompWalls, SetupStep, Walls,
+};
 
 /// First argument that makes the `smithers-host` binary act as the sandbox
 /// launcher instead of the host.
@@ -65,6 +70,8 @@ pub struct SandboxPolicy {
     /// refused it. Can only close the sandbox further; `None` in production.
     #[doc(hidden)]
     pub fail_at: Option<SetupStep>,
+    /// Strips set-id bits from files in the root dir after bash calls.
+    pub set_id_sweeper: std::sync::Arc<setid::SetIdSweeper>,
 }
 
 impl SandboxPolicy {
@@ -77,6 +84,7 @@ impl SandboxPolicy {
             launcher,
             limits: ResourceLimits::default(),
             fail_at: None,
+            set_id_sweeper: Default::default(),
         }
     }
 }
@@ -181,15 +189,21 @@ pub async fn run_bash(
     request: BashRequest,
     cancel: CancellationToken,
 ) -> Result<BashOutcome, ToolError> {
-    let prepared = bash::prepare(policy, request)?;
-    let finished = bash::launch(policy, prepared, cancel).await?;
+    let launch = bash::prepare(policy, request)?;
+    let max_output = launch.max_output;
+    let result = spawn::launch(&policy.launcher, launch, cancel).await;
+    // Whatever the outcome, the shell may have run: look for set-id files
+    // it left (the seccomp filter should have refused them).
+    policy.set_id_sweeper.request(&policy.root_dir);
+    let finished = result?;
+    let (outcome, _) = bash::outcome(finished, max_output);
     tracing::debug!(
-        exit_code = finished.outcome.exit_code,
-        duration_ms = finished.outcome.duration_ms,
-        truncated = finished.outcome.truncated,
+        exit_code = outcome.exit_code,
+        duration_ms = outcome.duration_ms,
+        truncated = outcome.truncated,
         "confined bash call finished"
     );
-    Ok(finished.outcome)
+    Ok(outcome)
 }
 
 /// Measures what the bash tool enforces on this host by running a confined
@@ -203,23 +217,28 @@ pub async fn probe(policy: &SandboxPolicy) -> SandboxStatus {
         ..BashRequest::default()
     };
     let result = match bash::prepare(policy, request) {
-        Ok(prepared) => bash::launch(policy, prepared, CancellationToken::new()).await,
+        Ok(launch) => {
+            let max_output = launch.max_output;
+            spawn::launch(&policy.launcher, launch, CancellationToken::new())
+                .await
+                .map(|finished| bash::outcome(finished, max_output))
+        }
         Err(e) => Err(e),
     };
     match result {
-        Ok(finished) if finished.outcome.exit_code == 0 => SandboxStatus {
+        Ok((outcome, walls)) if outcome.exit_code == 0 => SandboxStatus {
             available: true,
             error: None,
-            walls: Some(finished.walls),
+            walls: Some(walls),
         },
-        Ok(finished) => SandboxStatus {
+        Ok((outcome, walls)) => SandboxStatus {
             available: false,
             error: Some(format!(
                 "a confined `true` exited with {}: {}",
-                finished.outcome.exit_code,
-                finished.outcome.stderr.trim()
+                outcome.exit_code,
+                outcome.stderr.trim()
             )),
-            walls: Some(finished.walls),
+            walls: Some(walls),
         },
         Err(e) => SandboxStatus {
             available: false,

@@ -25,13 +25,20 @@ pub(crate) const MAX_REPORT_BYTES: usize = 64 << 10;
 /// Everything the launcher needs, validated by the host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LaunchSpec {
-    /// Canonical root dir, bind-mounted read-write at the same path.
+    /// Canonical root dir, bind-mounted at the same path.
     pub root_dir: PathBuf,
-    /// Canonical working directory inside the root dir.
+    /// The root dir is writable (bash) or read-only (guest builds).
+    pub root_writable: bool,
+    /// Further host directories to expose, each at its host path, in order
+    /// (parents before what is mounted inside them).
+    pub mounts: Vec<Mount>,
+    /// Canonical working directory inside the sandbox.
     pub cwd: PathBuf,
-    /// Passed to `/bin/bash -c`.
-    pub command: String,
-    /// The complete environment of the shell, in order.
+    /// Absolute path of the program to execute, as seen inside the sandbox.
+    pub program: PathBuf,
+    /// Its arguments, `argv[0]` included.
+    pub argv: Vec<String>,
+    /// The complete environment of the program, in order.
     pub env: Vec<(String, String)>,
     /// Share the host's network namespace.
     pub allow_network: bool,
@@ -43,6 +50,33 @@ pub(crate) struct LaunchSpec {
     pub cpu_seconds: u64,
     /// Test hook: fail at this step as if the kernel refused it.
     pub fail_at: Option<SetupStep>,
+}
+
+/// A host directory made visible inside the sandbox at its own path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "path", rename_all = "kebab-case")]
+pub(crate) enum Mount {
+    /// Bound read-only (and nosuid, nodev); executable.
+    ReadOnly(PathBuf),
+    /// Bound read-write (nosuid, nodev); executable.
+    ReadWrite(PathBuf),
+    /// A fresh, private, size-limited tmpfs (nosuid, nodev) hiding whatever
+    /// the host has there.
+    Tmpfs(PathBuf),
+}
+
+impl Mount {
+    /// Where the mount appears (its host path).
+    pub(crate) fn path(&self) -> &std::path::Path {
+        match self {
+            Self::ReadOnly(p) | Self::ReadWrite(p) | Self::Tmpfs(p) => p,
+        }
+    }
+
+    /// Whether the sandbox may write below it.
+    pub(crate) fn writable(&self) -> bool {
+        !matches!(self, Self::ReadOnly(_))
+    }
 }
 
 /// One message from the launcher side to the host.

@@ -5,15 +5,18 @@
 //! `/etc` written from scratch (generated `passwd`/`group`/`hosts`, a few
 //! copied files, never `shadow`, never `resolv.conf` without network), a
 //! `/dev` with only null, zero, full, random and urandom, a fresh read-only
-//! `/proc` of the new pid namespace, a private `/tmp`, and the root dir
-//! read-write at its host path. Then `pivot_root` and the old root is
-//! detached: nothing else of the host exists inside.
+//! `/proc` of the new pid namespace, a private `/tmp`, the root dir at its
+//! host path (read-write for bash, read-only for guest builds) and the
+//! launch's further mounts (a build's toolchain, dependency cache and target
+//! dir). Then `pivot_root` and the old root is detached: nothing else of the
+//! host exists inside.
 //!
 //! The host root is first staged away (a tmpfs on `/tmp` becomes the root and
 //! the host root moves under `/oldroot`), so a root dir anywhere — including
 //! under the host's `/tmp` — can be bound. This module must never bind a host
 //! path that is not listed here, never leave the old root attached, and never
-//! leave a mount writable except the root dir, `/tmp` and `/dev/shm`.
+//! leave a mount writable except the root dir (when the spec says so), `/tmp`,
+//! `/dev/shm` and the spec's read-write mounts.
 
 use std::ffi::CString;
 use std::fs;
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 
 use super::launcher::{AtStep, SANDBOX_HOSTNAME, SetupError, checkpoint};
-use super::protocol::LaunchSpec;
+use super::protocol::{LaunchSpec, Mount};
 use super::status::SetupStep;
 
 /// System directories visible read-only (where the host has them).
@@ -205,8 +208,22 @@ pub(crate) fn build(spec: &LaunchSpec, survey: &Survey) -> Result<RootInfo, Setu
     fs::create_dir_all(&root).at(S::RootDir, "mount point")?;
     rustix::mount::mount_bind_recursive(old_path(&spec.root_dir), &root)
         .at(S::RootDir, spec.root_dir.display().to_string())?;
-    set_mount_attrs(&root, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, true)
-        .at(S::RootDir, "nosuid,nodev")?;
+    let read_only = if spec.root_writable {
+        0
+    } else {
+        MOUNT_ATTR_RDONLY
+    };
+    set_mount_attrs(
+        &root,
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | read_only,
+        true,
+    )
+    .at(S::RootDir, "nosuid,nodev")?;
+
+    checkpoint(spec, S::Mounts)?;
+    for mount in &spec.mounts {
+        mount_extra(mount)?;
+    }
 
     checkpoint(spec, S::SealRoot)?;
     set_mount_attrs(Path::new(NEW), MOUNT_ATTR_RDONLY, false).at(S::SealRoot, "/")?;
@@ -214,6 +231,23 @@ pub(crate) fn build(spec: &LaunchSpec, survey: &Survey) -> Result<RootInfo, Setu
     checkpoint(spec, S::PivotRoot)?;
     pivot_into_new_root()?;
     Ok(info)
+}
+
+/// One of the launch's further mounts, at its host path.
+fn mount_extra(mount: &Mount) -> Result<(), SetupError> {
+    let step = SetupStep::Mounts;
+    let target = new_path(mount.path());
+    fs::create_dir_all(&target).at(step, format!("mount point {}", mount.path().display()))?;
+    match mount {
+        Mount::ReadOnly(path) => bind_read_only(&old_path(path), &target, step),
+        Mount::ReadWrite(path) => {
+            rustix::mount::mount_bind_recursive(old_path(path), &target)
+                .at(step, format!("bind {}", path.display()))?;
+            set_mount_attrs(&target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, true)
+                .at(step, format!("{} nosuid,nodev", path.display()))
+        }
+        Mount::Tmpfs(_) => mount_tmpfs(&target, "mode=0755,size=64m,nr_inodes=16384", step),
+    }
 }
 
 /// Caps the number of tasks of the pid namespace and forbids nested user

@@ -20,6 +20,8 @@ pub enum SetupStep {
     ReadSpec,
     /// Closing inherited file descriptors and moving the control socket.
     Descriptors,
+    /// Joining a fresh, empty session keyring (away from the host's keys).
+    Keyring,
     /// `unshare` of the user, mount, pid, ipc, uts, cgroup (and network) namespaces.
     Unshare,
     /// Writing `/proc/self/setgroups`, `uid_map` and `gid_map`.
@@ -48,8 +50,10 @@ pub enum SetupStep {
     NamespaceLimits,
     /// Mounting the private `/tmp`.
     Tmp,
-    /// Bind-mounting the root dir read-write.
+    /// Bind-mounting the root dir (read-write for bash, read-only for builds).
     RootDir,
+    /// Mounting the further directories of the launch (toolchains, caches).
+    Mounts,
     /// Remounting the new root read-only.
     SealRoot,
     /// `pivot_root` into the new root and detaching the old one.
@@ -66,9 +70,11 @@ pub enum SetupStep {
     Capabilities,
     /// Enforcing the Landlock ruleset.
     Landlock,
+    /// Compiling and installing the seccomp filter.
+    Seccomp,
     /// Reporting to the host.
     Report,
-    /// Executing `/bin/bash` (the walls are up; the shell itself is missing).
+    /// Executing the program (the walls are up; the program itself is missing).
     Exec,
     /// Supervising the namespace (poll, wait).
     Supervise,
@@ -76,9 +82,10 @@ pub enum SetupStep {
 
 impl SetupStep {
     /// Every step in the order the launcher takes them.
-    pub const ALL: [SetupStep; 28] = [
+    pub const ALL: [SetupStep; 31] = [
         Self::ReadSpec,
         Self::Descriptors,
+        Self::Keyring,
         Self::Unshare,
         Self::IdMap,
         Self::Fork,
@@ -94,6 +101,7 @@ impl SetupStep {
         Self::NamespaceLimits,
         Self::Tmp,
         Self::RootDir,
+        Self::Mounts,
         Self::SealRoot,
         Self::PivotRoot,
         Self::Hostname,
@@ -102,6 +110,7 @@ impl SetupStep {
         Self::NoNewPrivs,
         Self::Capabilities,
         Self::Landlock,
+        Self::Seccomp,
         Self::Report,
         Self::Exec,
         Self::Supervise,
@@ -112,6 +121,7 @@ impl SetupStep {
         match self {
             Self::ReadSpec => "reading the launch spec",
             Self::Descriptors => "closing inherited descriptors",
+            Self::Keyring => "joining a fresh session keyring",
             Self::Unshare => "unsharing namespaces",
             Self::IdMap => "mapping uid/gid into the user namespace",
             Self::Fork => "forking the namespace init",
@@ -127,6 +137,7 @@ impl SetupStep {
             Self::NamespaceLimits => "limiting processes and nested user namespaces",
             Self::Tmp => "mounting the private /tmp",
             Self::RootDir => "bind-mounting the root dir",
+            Self::Mounts => "mounting toolchain and cache directories",
             Self::SealRoot => "remounting the new root read-only",
             Self::PivotRoot => "pivot_root into the new root",
             Self::Hostname => "setting the hostname",
@@ -135,8 +146,9 @@ impl SetupStep {
             Self::NoNewPrivs => "setting no_new_privs",
             Self::Capabilities => "dropping capabilities",
             Self::Landlock => "enforcing Landlock",
+            Self::Seccomp => "installing the seccomp filter",
             Self::Report => "reporting to the host",
-            Self::Exec => "executing /bin/bash",
+            Self::Exec => "executing the program",
             Self::Supervise => "supervising the sandbox",
         }
     }
@@ -215,6 +227,18 @@ pub struct LandlockWalls {
     pub scoped: bool,
 }
 
+/// The seccomp part of the walls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompWalls {
+    /// Architecture the filter was built for.
+    pub arch: String,
+    /// System calls refused outright or by their arguments.
+    pub denied_syscalls: u32,
+    /// Other ABIs (x32 numbers, foreign architectures) are refused.
+    pub foreign_abis_blocked: bool,
+}
+
 /// Every wall one launcher built, reported by the launcher just before it
 /// executed the shell.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +257,10 @@ pub struct Walls {
     pub capabilities_dropped: bool,
     /// Nested user namespaces are forbidden (`user.max_user_namespaces = 0`).
     pub nested_userns_blocked: bool,
+    /// The seccomp filter installed before the program was executed.
+    pub seccomp: SeccompWalls,
+    /// The program's session keyring is a fresh, empty one, not the host's.
+    pub session_keyring_isolated: bool,
     /// The namespace's `pid_max`, when the kernel lets a namespace set it.
     pub pid_max: Option<u64>,
     /// Resource limits applied.
@@ -290,6 +318,14 @@ impl fmt::Display for SandboxStatus {
         }
         if walls.nested_userns_blocked {
             f.write_str("nested user namespaces blocked; ")?;
+        }
+        write!(
+            f,
+            "seccomp ({} syscalls refused, {}); ",
+            walls.seccomp.denied_syscalls, walls.seccomp.arch
+        )?;
+        if walls.session_keyring_isolated {
+            f.write_str("fresh session keyring; ")?;
         }
         let l = &walls.limits;
         write!(
