@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use smithers_host::app::{App, AppConfig};
-use smithers_host::runtime::build::GuestBuilder;
+use smithers_host::runtime::build::{GUEST_PROFILE_ENV, GUEST_TARGET};
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {
@@ -16,13 +16,25 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds `examples/<name>` for wasm32-wasip2 (shared target dir) and returns
-/// the component path.
+/// the component path. Our own examples are trusted: cargo runs on the host,
+/// not in the sandbox the host gives root-dir crates.
 pub async fn build_example(name: &str) -> PathBuf {
-    let builder = GuestBuilder::new(workspace_root().join("target").join("guests"));
-    builder
-        .build(&workspace_root().join("examples").join(name))
+    let target_dir = workspace_root().join("target").join("guests");
+    let status = tokio::process::Command::new("cargo")
+        .current_dir(workspace_root())
+        .envs(GUEST_PROFILE_ENV.iter().copied())
+        .args(["build", "--release", "--target", GUEST_TARGET, "-p"])
+        .arg(format!("example-{name}"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
         .await
-        .unwrap_or_else(|e| panic!("building examples/{name}: {e}"))
+        .unwrap_or_else(|e| panic!("running cargo for examples/{name}: {e}"));
+    assert!(status.success(), "building examples/{name} failed");
+    target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(format!("example_{name}.wasm"))
 }
 
 /// A host on temporary root and state dirs, with `components` copied into

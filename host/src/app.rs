@@ -5,11 +5,13 @@
 //! checks (state dir outside the root, one process per state dir) and the
 //! defaults live in one place.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::engine::{Engine, EngineConfig};
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::build::{BuildError, BuildSettings, DEFAULT_BUILD_TIMEOUT, check_settings};
+use crate::runtime::{DEFAULT_MAX_COMPONENT_BYTES, Runtime, RuntimeConfig};
 use crate::sandbox::SandboxPolicy;
 use crate::state_dir::{StateDir, StateDirError};
 use crate::store::{Durability, Store, StoreError};
@@ -35,6 +37,12 @@ pub struct AppConfig {
     pub launcher: Option<PathBuf>,
     /// Cargo target dir for guest crates (default: in the state dir).
     pub build_dir: Option<PathBuf>,
+    /// Directories outside the root dir that guest builds may read.
+    pub build_sources: Vec<PathBuf>,
+    /// Wall-clock limit of one guest build.
+    pub build_timeout: Duration,
+    /// Largest component accepted, in MiB.
+    pub max_component_mb: u64,
 }
 
 impl AppConfig {
@@ -50,6 +58,9 @@ impl AppConfig {
             max_concurrency: 8,
             launcher: None,
             build_dir: None,
+            build_sources: Vec::new(),
+            build_timeout: DEFAULT_BUILD_TIMEOUT,
+            max_component_mb: DEFAULT_MAX_COMPONENT_BYTES >> 20,
         }
     }
 }
@@ -74,6 +85,9 @@ pub enum AppError {
     /// The wasm runtime could not be created.
     #[error("wasm runtime: {0}")]
     Runtime(String),
+    /// The guest build settings are unsafe or unusable.
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
 /// An opened host.
@@ -108,10 +122,12 @@ impl App {
         };
         let state_dir = StateDir::open(&state_path, &root_dir)?;
         config.state_dir = Some(state_dir.path().to_path_buf());
+        let build = build_settings(&config, &root_dir, state_dir.path(), state_dir.build_dir())?;
         let store = Store::open(&state_dir.database(), config.durability)?;
         let runtime = Runtime::new(RuntimeConfig {
             max_memory_bytes: config.max_memory_mb * 1024 * 1024,
             cache_dir: Some(state_dir.cache_dir()),
+            max_component_bytes: config.max_component_mb.max(1) << 20,
             ..RuntimeConfig::default()
         })
         .map_err(|e| AppError::Runtime(format!("{e:#}")))?;
@@ -128,10 +144,7 @@ impl App {
             EngineConfig {
                 root_dir,
                 sandbox: Arc::new(policy),
-                build_dir: config
-                    .build_dir
-                    .clone()
-                    .unwrap_or_else(|| state_dir.build_dir()),
+                build,
                 max_concurrency: config.max_concurrency.max(1),
             },
         );
@@ -147,4 +160,54 @@ impl App {
         self.engine.shutdown().await;
         self.engine.store().close();
     }
+}
+
+/// The guest build settings, canonical and checked: the build dir (created)
+/// outside the root dir and not around it or the state dir, the sources
+/// existing directories that do not hold the state dir.
+fn build_settings(
+    config: &AppConfig,
+    root_dir: &Path,
+    state_dir: &Path,
+    default_build_dir: PathBuf,
+) -> Result<BuildSettings, AppError> {
+    let refuse = |why: String| AppError::Build(BuildError::Config(why));
+    let build_dir = config.build_dir.clone().unwrap_or(default_build_dir);
+    // Judge the path before creating anything: a build dir inside the root
+    // dir is refused, not made.
+    let lexical = if build_dir.is_absolute() {
+        build_dir.clone()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| refuse(format!("build dir: {e}")))?
+            .join(&build_dir)
+    };
+    if lexical.starts_with(root_dir) {
+        check_settings(root_dir, state_dir, &lexical, &[])?;
+    }
+    std::fs::create_dir_all(&build_dir)
+        .and_then(|()| std::fs::canonicalize(&build_dir))
+        .map_err(|e| refuse(format!("build dir {}: {e}", build_dir.display())))
+        .and_then(|target_dir| {
+            let mut sources = Vec::new();
+            for source in &config.build_sources {
+                let canonical = std::fs::canonicalize(source)
+                    .ok()
+                    .filter(|p| p.is_dir())
+                    .ok_or_else(|| {
+                        refuse(format!(
+                            "build source {} is not a directory",
+                            source.display()
+                        ))
+                    })?;
+                sources.push(canonical);
+            }
+            check_settings(root_dir, state_dir, &target_dir, &sources)?;
+            Ok(BuildSettings {
+                target_dir,
+                sources,
+                timeout: config.build_timeout,
+                max_component_bytes: config.max_component_mb.max(1) << 20,
+            })
+        })
 }

@@ -194,13 +194,38 @@ fn bad_input_and_unknown_runs_are_refused_with_clear_messages() {
 }
 
 #[test]
+fn a_crate_of_a_workspace_outside_the_root_dir_names_the_flag_that_lets_builds_read_it() {
+    let examples = common::workspace_root().join("examples");
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(common::host_binary())
+        .args(["run", "hello"])
+        .current_dir(&examples)
+        .arg("--root-dir")
+        .arg(&examples)
+        .arg("--state-dir")
+        .arg(state.path())
+        .env(
+            "SMITHERS_BUILD_DIR",
+            common::guests_dir().parent().unwrap().parent().unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    let expected = format!("--build-source {}", common::workspace_root().display());
+    assert!(text(&out).contains(&expected), "{}", text(&out));
+}
+
+#[test]
 fn a_guest_crate_directory_is_built_and_run() {
-    // The root is the repository's examples dir; builds share the test guests' target dir.
+    // The root is the repository's examples dir; builds share the test guests' target dir
+    // and may read the workspace the examples belong to.
     let examples = common::workspace_root().join("examples");
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(common::host_binary())
         .args(["run", "hello", "--input", r#"{"name":"crate"}"#, "--json"])
         .current_dir(&examples)
+        .arg("--build-source")
+        .arg(common::workspace_root())
         .arg("--root-dir")
         .arg(&examples)
         .arg("--state-dir")

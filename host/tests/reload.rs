@@ -353,7 +353,11 @@ async fn a_dev_crate_that_stops_compiling_reports_the_compiler_error_and_the_hos
         .parent()
         .unwrap()
         .to_path_buf();
-    let host = TestHost::with(|c| c.build_dir = Some(build_dir));
+    let host = TestHost::with(|c| {
+        c.build_dir = Some(build_dir);
+        // The crate depends on the repository's SDK by path.
+        c.build_sources = vec![common::workspace_root()];
+    });
     let krate = host.root.path().join("flow");
     hello_crate(&krate, &HELLO_SOURCE.replace("GREETING", "v1"));
     let run = host.start("flow", json!({})).await;

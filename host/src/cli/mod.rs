@@ -120,6 +120,17 @@ pub struct HostArgs {
     /// state dir). Sharing one across state dirs avoids rebuilds.
     #[arg(long, global = true, env = "SMITHERS_BUILD_DIR")]
     pub build_dir: Option<PathBuf>,
+    /// A directory outside the root dir that guest builds may read, e.g. the
+    /// cargo workspace the root dir's crates belong to (repeatable; builds
+    /// see only the root dir, the toolchain and the cargo cache otherwise).
+    #[arg(long = "build-source", global = true, value_name = "DIR")]
+    pub build_sources: Vec<PathBuf>,
+    /// Wall-clock limit of one guest build, in seconds.
+    #[arg(long, global = true, default_value_t = 900)]
+    pub build_timeout: u64,
+    /// Largest workflow component accepted (file or build output), in MiB.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub max_component_mb: u64,
 }
 
 impl HostArgs {
@@ -132,6 +143,9 @@ impl HostArgs {
             max_memory_mb: self.max_memory_mb,
             max_concurrency: self.max_concurrency,
             build_dir: self.build_dir.clone(),
+            build_sources: self.build_sources.clone(),
+            build_timeout: std::time::Duration::from_secs(self.build_timeout.max(1)),
+            max_component_mb: self.max_component_mb,
             ..AppConfig::new(self.root_dir.clone())
         }
     }

@@ -26,10 +26,10 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{EventBody, NodeKey, RunId, RunStatus};
-use crate::runtime::build::{BuildError, GuestBuilder};
+use crate::runtime::build::{BuildError, BuildSettings, GuestBuilder};
 use crate::runtime::{LoadError, Loaded, Runtime};
 use crate::sandbox::SandboxPolicy;
-use crate::sandbox::paths::{self, PathError};
+use crate::sandbox::paths::{self, PathError, ReadError};
 use crate::store::{Commit, NewRun, Op, RunRow, Store, StoreError};
 
 /// How often active runs refresh their lease.
@@ -42,8 +42,8 @@ pub struct EngineConfig {
     pub root_dir: PathBuf,
     /// Policy of the bash tool.
     pub sandbox: Arc<SandboxPolicy>,
-    /// Cargo target dir for guest crates the host builds.
-    pub build_dir: PathBuf,
+    /// How guest crates are built (confined; target dir, sources, limits).
+    pub build: BuildSettings,
     /// Default most tasks in flight per run.
     pub max_concurrency: u32,
 }
@@ -197,7 +197,7 @@ pub struct Engine {
 impl Engine {
     /// Creates the engine and starts the heartbeat.
     pub fn new(store: Store, runtime: Arc<Runtime>, config: EngineConfig) -> Self {
-        let builder = GuestBuilder::new(config.build_dir.clone());
+        let builder = GuestBuilder::new(config.build.clone(), config.sandbox.clone());
         let inner = Arc::new(EngineInner {
             store,
             runtime,
@@ -582,7 +582,7 @@ impl EngineInner {
                     EngineError::InvalidRequest(format!("invalid workflowPath: {p}"))
                 }
             })?;
-        let component_path = if path.is_dir() {
+        let bytes = if path.is_dir() {
             if !GuestBuilder::is_crate_dir(&path) {
                 return Err(EngineError::WorkflowNotFound(format!(
                     "{workflow_path} is a directory without a Cargo.toml"
@@ -590,13 +590,25 @@ impl EngineInner {
             }
             self.builder.build(&path).await?
         } else {
-            path.clone()
+            self.read_component(workflow_path, &path)?
         };
-        let bytes = tokio::fs::read(&component_path)
-            .await
-            .map_err(|e| EngineError::WorkflowNotFound(format!("{workflow_path}: {e}")))?;
         let loaded = self.runtime.load(bytes).await?;
         Ok((path, loaded))
+    }
+
+    /// Reads a component file of the root dir: a regular file, within the
+    /// size bound, reached without leaving the root dir (the path was checked,
+    /// but a running workflow may swap in a symlink since).
+    fn read_component(&self, workflow_path: &str, path: &Path) -> Result<Vec<u8>, EngineError> {
+        let limit = self.runtime.config().max_component_bytes;
+        paths::read_beneath(&self.config.root_dir, path, limit).map_err(|e| match e {
+            ReadError::Escape => EngineError::WorkflowPathOutsideRoot(workflow_path.to_string()),
+            ReadError::NotFound => EngineError::WorkflowNotFound(workflow_path.to_string()),
+            ReadError::TooLarge { size, limit } => {
+                EngineError::WorkflowLoad(LoadError::TooLarge { size, limit })
+            }
+            other => EngineError::WorkflowNotFound(format!("{workflow_path}: {other}")),
+        })
     }
 
     /// Resumes a run. A `running` run without a driver in this process is

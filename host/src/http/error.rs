@@ -119,7 +119,7 @@ impl ErrorCode {
 
     fn of_load_error(error: &LoadError) -> Self {
         match error {
-            LoadError::Invalid(_) => Self::WorkflowInvalidComponent,
+            LoadError::Invalid(_) | LoadError::TooLarge { .. } => Self::WorkflowInvalidComponent,
             LoadError::UnsatisfiedImport(_) => Self::WorkflowUnsupportedImport,
             LoadError::MissingExports(_) => Self::WorkflowMissingExports,
             LoadError::Describe(_) => Self::WorkflowDescribeFailed,

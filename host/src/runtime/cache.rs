@@ -175,10 +175,13 @@ impl ComponentCache {
             }
         }
         let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| LoadError::Invalid(format!("compile task failed: {e}")))?
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        // `from_binary`, never `new`: the text format's parser echoes whole
+        // lines of its input in errors (a 1 GB line of zeros became 9 GB).
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+                .await
+                .map_err(|e| LoadError::Invalid(format!("compile task failed: {e}")))?
+                .map_err(|e| LoadError::Invalid(super::clipped(format!("{e:#}"))))?;
         self.compiles.fetch_add(1, Ordering::Relaxed);
         let compile_ms = elapsed_ms(started);
         if let Some(path) = self.disk_path(hash) {

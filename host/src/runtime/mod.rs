@@ -44,6 +44,14 @@ const RESIDENT_MEMORY_BYTES: usize = 8 * 1024 * 1024;
 /// Interval of the epoch clock: the granularity of preemption and timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Default bound of a component's size (a Python component is ~18 MB).
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 64 << 20;
+/// Longest message a load error carries: what it quotes (import names,
+/// guest errors) came from the component, not from us.
+const MAX_LOAD_MESSAGE_CHARS: usize = 2000;
+/// The binary format's magic; the text format is not accepted.
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+
 /// Tunables of the runtime. `Default` is what `smithers-host` ships with.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -59,6 +67,8 @@ pub struct RuntimeConfig {
     pub memory_cache_entries: usize,
     /// Most instances alive at once (pooling allocator capacity).
     pub max_instances: u32,
+    /// Largest component accepted (files and build output alike).
+    pub max_component_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -70,6 +80,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             memory_cache_entries: 64,
             max_instances: 1000,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
         }
     }
 }
@@ -89,13 +100,21 @@ pub enum LoadError {
     /// `describe` failed.
     #[error("describe() failed: {0}")]
     Describe(String),
+    /// The file is larger than the operator allows.
+    #[error("the component is {size} bytes, more than the limit of {limit} (--max-component-mb)")]
+    TooLarge {
+        /// Its size (at least).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl LoadError {
     /// Wire code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Invalid(_) => "WORKFLOW_INVALID_COMPONENT",
+            Self::Invalid(_) | Self::TooLarge { .. } => "WORKFLOW_INVALID_COMPONENT",
             Self::UnsatisfiedImport(_) => "WORKFLOW_UNSUPPORTED_IMPORT",
             Self::MissingExports(_) => "WORKFLOW_MISSING_EXPORTS",
             Self::Describe(_) => "WORKFLOW_DESCRIBE_FAILED",
@@ -234,6 +253,20 @@ impl Runtime {
     /// or by compiling it; checks its imports and exports and calls
     /// `describe`. Concurrent loads of one new hash compile it once.
     pub async fn load(&self, bytes: Vec<u8>) -> Result<Loaded, LoadError> {
+        let limit = self.config.max_component_bytes;
+        if bytes.len() as u64 > limit {
+            return Err(LoadError::TooLarge {
+                size: bytes.len() as u64,
+                limit,
+            });
+        }
+        if !bytes.starts_with(WASM_MAGIC) {
+            return Err(LoadError::Invalid(
+                "not a WebAssembly binary (it does not start with \\0asm; the text format is \
+                 not accepted)"
+                    .into(),
+            ));
+        }
         let hash = ComponentHash::of(&bytes);
         let (component, source, compile_ms) = self.cache.get_or_compile(&hash, bytes).await?;
         if let Some(workflow) = self.cache.loaded(&hash) {
@@ -258,16 +291,16 @@ impl Runtime {
         component: &Component,
     ) -> Result<Workflow, LoadError> {
         let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
-            LoadError::UnsatisfiedImport(format!(
+            LoadError::UnsatisfiedImport(clipped(format!(
                 "the component needs something this host does not provide \
                  (workflows get WASI files, clocks and random numbers, and no sockets): {e:#}"
-            ))
+            )))
         })?;
         let pre = bindings::WorkflowPre::new(instance_pre).map_err(|e| {
-            LoadError::MissingExports(format!(
+            LoadError::MissingExports(clipped(format!(
                 "the component does not implement the smithers:workflow world \
                  (exports describe, render, run-task): {e:#}"
-            ))
+            )))
         })?;
         let mut workflow = Workflow {
             hash,
@@ -290,8 +323,8 @@ impl Runtime {
         .await;
         workflow.info = match result {
             Ok(Ok(info)) => info,
-            Ok(Err(e)) => return Err(LoadError::Describe(fault_of(&e, &store).message)),
-            Err(fault) => return Err(LoadError::Describe(fault.message)),
+            Ok(Err(e)) => return Err(LoadError::Describe(clipped(fault_of(&e, &store).message))),
+            Err(fault) => return Err(LoadError::Describe(clipped(fault.message))),
         };
         Ok(workflow)
     }
@@ -431,6 +464,20 @@ async fn with_deadline<T>(
 
 /// Classifies a trap or host error raised during a call. Messages name the
 /// trap and the innermost guest functions, never a full backtrace.
+/// A message quoting the component, without control characters and at most
+/// [`MAX_LOAD_MESSAGE_CHARS`] long.
+pub(crate) fn clipped(text: String) -> String {
+    let mut clean: String = text
+        .chars()
+        .filter(|c| !c.is_control() || *c == '\n')
+        .take(MAX_LOAD_MESSAGE_CHARS)
+        .collect();
+    if text.chars().count() > MAX_LOAD_MESSAGE_CHARS {
+        clean.push_str("… (cut)");
+    }
+    clean
+}
+
 fn fault_of(error: &wasmtime::Error, store: &Store<HostState>) -> GuestFault {
     if store.data().limiter.hit_memory_limit() {
         return GuestFault::new(

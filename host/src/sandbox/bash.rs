@@ -95,7 +95,7 @@ pub(crate) fn prepare(policy: &SandboxPolicy, request: BashRequest) -> Result<La
     Ok(Launch {
         spec: LaunchSpec {
             root_dir: root,
-            root_writable: true,
+            root_overlay: false,
             mounts: Vec::new(),
             cwd,
             program: PathBuf::from("/bin/bash"),

@@ -123,7 +123,8 @@ fn build(
     for dir in [Path::new("/tmp"), Path::new("/dev/shm")] {
         ruleset = ruleset.add_rule(PathBeneath::new(PathFd::new(dir)?, all))?;
     }
-    let root_access = if spec.root_writable { all } else { read_exec };
+    // An overlaid root dir is writable only in its throw-away layer.
+    let root_access = all;
     ruleset = ruleset.add_rule(PathBeneath::new(PathFd::new(&spec.root_dir)?, root_access))?;
     for mount in &spec.mounts {
         let access = if mount.writable() { all } else { read_exec };

@@ -15,6 +15,7 @@
 
 mod bash;
 mod confine;
+pub mod confined;
 mod landlock;
 pub mod launcher;
 pub mod paths;
@@ -26,6 +27,7 @@ mod spawn;
 mod status;
 pub mod wasi;
 
+pub use confined::{ConfinedCommand, ConfinedOutput, Mount, run_confined};
 pub use status::{
     LandlockWalls, NetworkWall, ResourceLimits, SandboxStatus, SeccompWalls, SetupStep, Walls,
 };

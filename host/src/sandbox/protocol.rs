@@ -27,8 +27,9 @@ pub(crate) const MAX_REPORT_BYTES: usize = 64 << 10;
 pub(crate) struct LaunchSpec {
     /// Canonical root dir, bind-mounted at the same path.
     pub root_dir: PathBuf,
-    /// The root dir is writable (bash) or read-only (guest builds).
-    pub root_writable: bool,
+    /// The root dir is writable (bash), or read-only under a throw-away
+    /// writable layer (guest builds: see [`Mount::Overlay`]).
+    pub root_overlay: bool,
     /// Further host directories to expose, each at its host path, in order
     /// (parents before what is mounted inside them).
     pub mounts: Vec<Mount>,
@@ -55,7 +56,7 @@ pub(crate) struct LaunchSpec {
 /// A host directory made visible inside the sandbox at its own path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "path", rename_all = "kebab-case")]
-pub(crate) enum Mount {
+pub enum Mount {
     /// Bound read-only (and nosuid, nodev); executable.
     ReadOnly(PathBuf),
     /// Bound read-write (nosuid, nodev); executable.
@@ -63,18 +64,23 @@ pub(crate) enum Mount {
     /// A fresh, private, size-limited tmpfs (nosuid, nodev) hiding whatever
     /// the host has there.
     Tmpfs(PathBuf),
+    /// The host directory as the read-only lower layer of an overlay whose
+    /// upper layer is a private tmpfs of the launch: programs may write
+    /// (cargo updates `Cargo.lock`), and nothing reaches the host's disk.
+    Overlay(PathBuf),
 }
 
 impl Mount {
     /// Where the mount appears (its host path).
-    pub(crate) fn path(&self) -> &std::path::Path {
+    pub fn path(&self) -> &std::path::Path {
         match self {
-            Self::ReadOnly(p) | Self::ReadWrite(p) | Self::Tmpfs(p) => p,
+            Self::ReadOnly(p) | Self::ReadWrite(p) | Self::Tmpfs(p) | Self::Overlay(p) => p,
         }
     }
 
-    /// Whether the sandbox may write below it.
-    pub(crate) fn writable(&self) -> bool {
+    /// Whether the sandbox may write below it (for an overlay: into the
+    /// throw-away layer).
+    pub fn writable(&self) -> bool {
         !matches!(self, Self::ReadOnly(_))
     }
 }

@@ -204,25 +204,28 @@ pub(crate) fn build(spec: &LaunchSpec, survey: &Survey) -> Result<RootInfo, Setu
     )?;
 
     checkpoint(spec, S::RootDir)?;
+    checkpoint(spec, S::Mounts)?;
+    // Mounts holding the root dir first (a later bind of an ancestor would
+    // hide it), then the root dir, then the rest, parents before children.
+    let (holding, others): (Vec<&Mount>, Vec<&Mount>) = spec
+        .mounts
+        .iter()
+        .partition(|m| spec.root_dir.starts_with(m.path()));
+    for mount in holding {
+        mount_extra(spec, mount)?;
+    }
     let root = new_path(&spec.root_dir);
     fs::create_dir_all(&root).at(S::RootDir, "mount point")?;
-    rustix::mount::mount_bind_recursive(old_path(&spec.root_dir), &root)
-        .at(S::RootDir, spec.root_dir.display().to_string())?;
-    let read_only = if spec.root_writable {
-        0
+    if spec.root_overlay {
+        mount_overlay(spec, &spec.root_dir, S::RootDir)?;
     } else {
-        MOUNT_ATTR_RDONLY
-    };
-    set_mount_attrs(
-        &root,
-        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | read_only,
-        true,
-    )
-    .at(S::RootDir, "nosuid,nodev")?;
-
-    checkpoint(spec, S::Mounts)?;
-    for mount in &spec.mounts {
-        mount_extra(mount)?;
+        rustix::mount::mount_bind_recursive(old_path(&spec.root_dir), &root)
+            .at(S::RootDir, spec.root_dir.display().to_string())?;
+        set_mount_attrs(&root, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, true)
+            .at(S::RootDir, "nosuid,nodev")?;
+    }
+    for mount in others {
+        mount_extra(spec, mount)?;
     }
 
     checkpoint(spec, S::SealRoot)?;
@@ -234,7 +237,7 @@ pub(crate) fn build(spec: &LaunchSpec, survey: &Survey) -> Result<RootInfo, Setu
 }
 
 /// One of the launch's further mounts, at its host path.
-fn mount_extra(mount: &Mount) -> Result<(), SetupError> {
+fn mount_extra(spec: &LaunchSpec, mount: &Mount) -> Result<(), SetupError> {
     let step = SetupStep::Mounts;
     let target = new_path(mount.path());
     fs::create_dir_all(&target).at(step, format!("mount point {}", mount.path().display()))?;
@@ -247,7 +250,61 @@ fn mount_extra(mount: &Mount) -> Result<(), SetupError> {
                 .at(step, format!("{} nosuid,nodev", path.display()))
         }
         Mount::Tmpfs(_) => mount_tmpfs(&target, "mode=0755,size=64m,nr_inodes=16384", step),
+        Mount::Overlay(path) => mount_overlay(spec, path, step),
     }
+}
+
+/// Mounts `path` at its place in the new root as an overlay: the host
+/// directory is the read-only lower layer, the upper layer is a tmpfs of the
+/// launch's `/tmp` size in the staging root, which the final `pivot_root`
+/// detaches (the overlay keeps its own reference), so nothing inside can
+/// reach it and nothing written reaches the host.
+fn mount_overlay(spec: &LaunchSpec, path: &Path, step: SetupStep) -> Result<(), SetupError> {
+    let lower = old_path(path);
+    let lower_text = lower.to_str().unwrap_or(",");
+    if lower_text.contains([',', ':', '\\']) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput)).at(
+            step,
+            format!(
+                "{} cannot be an overlay layer (its path holds ',', ':' or '\\')",
+                path.display()
+            ),
+        );
+    }
+    let scratch = Path::new("/").join(format!("overlay-{}", overlay_count()));
+    fs::create_dir(&scratch).at(step, "overlay scratch dir")?;
+    mount_tmpfs(
+        &scratch,
+        &format!("mode=0700,size={}", spec.limits.tmp_size_bytes.max(4096)),
+        step,
+    )?;
+    for dir in ["upper", "work"] {
+        fs::create_dir(scratch.join(dir)).at(step, "overlay layers")?;
+    }
+    let options = format!(
+        "lowerdir={lower_text},upperdir={}/upper,workdir={}/work,userxattr",
+        scratch.display(),
+        scratch.display()
+    );
+    let data = CString::new(options)
+        .map_err(io::Error::other)
+        .at(step, "overlay options")?;
+    let target = new_path(path);
+    rustix::mount::mount(
+        "overlay",
+        &target,
+        "overlay",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        data.as_c_str(),
+    )
+    .at(step, format!("overlay on {}", path.display()))
+}
+
+/// A fresh number for each overlay's scratch dir within this launch.
+fn overlay_count() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Caps the number of tasks of the pid namespace and forbids nested user

@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn every_table_compiles_into_filters_within_the_kernel_limit() {
         let spec: LaunchSpec = serde_json::from_value(serde_json::json!({
-            "root_dir": "/r", "root_writable": true, "mounts": [], "cwd": "/r",
+            "root_dir": "/r", "root_overlay": false, "mounts": [], "cwd": "/r",
             "program": "/bin/true", "argv": ["true"], "env": [],
             "allow_network": false, "allow_missing_landlock": false,
             "limits": crate::sandbox::ResourceLimits::default(), "cpu_seconds": 1, "fail_at": null

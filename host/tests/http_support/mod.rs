@@ -28,6 +28,8 @@ pub struct Options {
     /// Guest packages copied into the root dir (as `<package>.wasm`) before
     /// the process starts.
     pub install: Vec<String>,
+    /// Start the process with the root dir as its working directory.
+    pub cwd_in_root: bool,
 }
 
 /// A running `smithers-host` process, killed on drop.
@@ -94,6 +96,9 @@ impl Server {
         );
         for (k, v) in &self.options.env {
             cmd.env(k, v);
+        }
+        if self.options.cwd_in_root {
+            cmd.current_dir(self.root.path());
         }
         cmd
     }
