@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::engine::{Engine, EngineConfig};
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::{GuestLimits, Runtime, RuntimeConfig};
 use crate::sandbox::SandboxPolicy;
 use crate::state_dir::{StateDir, StateDirError};
 use crate::store::{Durability, Store, StoreError};
@@ -35,6 +35,8 @@ pub struct AppConfig {
     pub launcher: Option<PathBuf>,
     /// Cargo target dir for guest crates (default: in the state dir).
     pub build_dir: Option<PathBuf>,
+    /// Deadlines and output caps of guests.
+    pub limits: GuestLimits,
 }
 
 impl AppConfig {
@@ -50,6 +52,7 @@ impl AppConfig {
             max_concurrency: 8,
             launcher: None,
             build_dir: None,
+            limits: GuestLimits::default(),
         }
     }
 }
@@ -111,6 +114,7 @@ impl App {
         let store = Store::open(&state_dir.database(), config.durability)?;
         let runtime = Runtime::new(RuntimeConfig {
             max_memory_bytes: config.max_memory_mb * 1024 * 1024,
+            limits: config.limits.clone(),
             cache_dir: Some(state_dir.cache_dir()),
             ..RuntimeConfig::default()
         })

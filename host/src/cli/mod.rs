@@ -2,6 +2,7 @@
 //! to the module that owns it; no business logic lives here.
 
 mod follow;
+mod limits;
 mod local;
 mod print;
 mod remote;
@@ -120,6 +121,8 @@ pub struct HostArgs {
     /// state dir). Sharing one across state dirs avoids rebuilds.
     #[arg(long, global = true, env = "SMITHERS_BUILD_DIR")]
     pub build_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
 }
 
 impl HostArgs {
@@ -132,6 +135,7 @@ impl HostArgs {
             max_memory_mb: self.max_memory_mb,
             max_concurrency: self.max_concurrency,
             build_dir: self.build_dir.clone(),
+            limits: self.limits.guest_limits(),
             ..AppConfig::new(self.root_dir.clone())
         }
     }

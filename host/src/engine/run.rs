@@ -7,8 +7,12 @@
 //! next render that could depend on it. To keep a step cheap, a finished
 //! task's commit is folded into the next render's commit (one transaction per
 //! step); the fold is flushed before the driver waits or exits.
+//!
+//! A run may store only so much (see `budget.rs`): when it has stored its
+//! limit, the driver fails it with `OUTPUT_LIMIT_EXCEEDED`.
 
 mod attempts;
+mod budget;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use super::{ActiveRun, EngineInner};
 use crate::model::{
     AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus, now_ms,
 };
-use crate::runtime::{Node, Workflow};
+use crate::runtime::{LimitExceeded, Node, OUTPUT_LIMIT_EXCEEDED, OutputBudget, Workflow};
 use crate::store::{Commit, NodeUpdate, Op, StoreError};
 use attempts::{Finished, Inflight};
 
@@ -60,10 +64,13 @@ pub(super) fn spawn(
     slot: Arc<ActiveRun>,
     reason: &'static str,
 ) {
+    let budget = OutputBudget::new(engine.runtime.config().limits.max_run_stored_bytes, 0);
     let driver = Driver {
         carry: Commit::new(run_id.clone()).op(Op::AssertOwner {
             owner_id: engine.owner_id.clone(),
         }),
+        budget: Arc::new(budget),
+        resumed: reason == "resume",
         engine,
         run_id,
         workflow,
@@ -93,6 +100,10 @@ struct Driver {
     trigger: Value,
     /// The previous render and its frame hash.
     last_frame: Option<LastFrame>,
+    /// What the run may still store, shared with its task calls.
+    budget: Arc<OutputBudget>,
+    /// The run was resumed: what it stored before counts.
+    resumed: bool,
 }
 
 impl Driver {
@@ -142,7 +153,10 @@ impl Driver {
         let mut delay = STORAGE_RETRY_FIRST;
         loop {
             match self.engine.store.commit(commit.clone()).await {
-                Ok(_) => return Ok(true),
+                Ok(outcome) => {
+                    self.charge_events(&outcome);
+                    return Ok(true);
+                }
                 // The run was cancelled or taken over: stop quietly.
                 Err(StoreError::Conflict(_)) => return Ok(false),
                 Err(StoreError::Unavailable(message)) if !self.halted() => {
@@ -168,9 +182,16 @@ impl Driver {
     }
 
     async fn drive(&mut self) -> Result<Exit, StoreError> {
+        if self.resumed {
+            self.count_stored().await?;
+        }
         loop {
             if self.halted() {
                 return Ok(Exit::Halted);
+            }
+            if self.budget.exceeded() {
+                let error = self.output_limit_error();
+                return self.fail(error).await;
             }
             let tree = match self.render().await {
                 Ok(tree) => tree,
@@ -189,7 +210,10 @@ impl Driver {
                 },
             );
             let mut step = Commit::new(self.run_id.clone());
-            self.frame(&tree, &mut step);
+            if let Err(exceeded) = self.frame(&tree, &mut step) {
+                let error = ErrorInfo::new(OUTPUT_LIMIT_EXCEEDED, exceeded.to_string());
+                return self.fail(error).await;
+            }
             self.mount(&plan, &mut step);
             match &plan.outcome {
                 Outcome::Failed(error) => {
@@ -283,6 +307,11 @@ impl Driver {
                 "RENDER_FAILED",
                 format!("render failed: {message}"),
             )),
+            // A render that loops is stopped at its deadline, and the run
+            // fails with a code of its own rather than a generic failure.
+            Err(fault) if fault.code == "RENDER_TIMEOUT" => {
+                Err(ErrorInfo::new(fault.code, fault.message))
+            }
             Err(fault) => Err(ErrorInfo::new(
                 "RENDER_FAILED",
                 format!("render failed: {}", fault.message),
@@ -291,7 +320,9 @@ impl Driver {
         }
     }
 
-    fn frame(&mut self, tree: &Tree, step: &mut Commit) {
+    /// Adds the frame of `tree` to `step`; fails when a new tree does not
+    /// fit in what the run may still store.
+    fn frame(&mut self, tree: &Tree, step: &mut Commit) -> Result<(), LimitExceeded> {
         // Most renders return the tree of the previous one (a static
         // workflow always does): then, unless a loop moved on (the task
         // index carries iterations), its canonical JSON and hash are reused
@@ -319,6 +350,8 @@ impl Driver {
                 };
                 let (tree_json, task_index_json, hash) =
                     tree.frame(&self.workflow.info.name, iteration_of);
+                let size = tree_json.len() + task_index_json.len();
+                self.budget.try_charge("the frame's tree", size as u64)?;
                 last.frame = Some((loops, hash.clone()));
                 step.push_op(Op::StoreTree {
                     tree_hash: hash.clone(),
@@ -335,6 +368,7 @@ impl Driver {
             xml_hash: tree_hash,
             trigger,
         });
+        Ok(())
     }
 
     fn mount(&mut self, plan: &Plan, step: &mut Commit) {
