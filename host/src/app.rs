@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::runtime::build::{BuildError, BuildSettings, DEFAULT_BUILD_TIMEOUT, check_settings};
-use crate::runtime::{DEFAULT_MAX_COMPONENT_BYTES, Runtime, RuntimeConfig};
+use crate::runtime::{DEFAULT_MAX_COMPONENT_BYTES, GuestLimits, Runtime, RuntimeConfig};
 use crate::sandbox::SandboxPolicy;
 use crate::state_dir::{StateDir, StateDirError};
 use crate::store::{Durability, Store, StoreError};
@@ -43,6 +43,8 @@ pub struct AppConfig {
     pub build_timeout: Duration,
     /// Largest component accepted, in MiB.
     pub max_component_mb: u64,
+    /// Deadlines and output caps of guests.
+    pub limits: GuestLimits,
 }
 
 impl AppConfig {
@@ -61,6 +63,7 @@ impl AppConfig {
             build_sources: Vec::new(),
             build_timeout: DEFAULT_BUILD_TIMEOUT,
             max_component_mb: DEFAULT_MAX_COMPONENT_BYTES >> 20,
+            limits: GuestLimits::default(),
         }
     }
 }
@@ -126,6 +129,7 @@ impl App {
         let store = Store::open(&state_dir.database(), config.durability)?;
         let runtime = Runtime::new(RuntimeConfig {
             max_memory_bytes: config.max_memory_mb * 1024 * 1024,
+            limits: config.limits.clone(),
             cache_dir: Some(state_dir.cache_dir()),
             max_component_bytes: config.max_component_mb.max(1) << 20,
             ..RuntimeConfig::default()

@@ -2,6 +2,7 @@
 //! to the module that owns it; no business logic lives here.
 
 mod follow;
+mod limits;
 mod local;
 mod print;
 mod remote;
@@ -125,12 +126,14 @@ pub struct HostArgs {
     /// see only the root dir, the toolchain and the cargo cache otherwise).
     #[arg(long = "build-source", global = true, value_name = "DIR")]
     pub build_sources: Vec<PathBuf>,
-    /// Wall-clock limit of one guest build, in seconds.
-    #[arg(long, global = true, default_value_t = 900)]
-    pub build_timeout: u64,
+    /// Wall-clock limit of one guest build (e.g. `900s`, `15m`).
+    #[arg(long, global = true, default_value = "15m", value_parser = limits::parse_duration)]
+    pub build_timeout: std::time::Duration,
     /// Largest workflow component accepted (file or build output), in MiB.
     #[arg(long, global = true, default_value_t = 64)]
     pub max_component_mb: u64,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
 }
 
 impl HostArgs {
@@ -144,8 +147,9 @@ impl HostArgs {
             max_concurrency: self.max_concurrency,
             build_dir: self.build_dir.clone(),
             build_sources: self.build_sources.clone(),
-            build_timeout: std::time::Duration::from_secs(self.build_timeout.max(1)),
+            build_timeout: self.build_timeout,
             max_component_mb: self.max_component_mb,
+            limits: self.limits.guest_limits(),
             ..AppConfig::new(self.root_dir.clone())
         }
     }

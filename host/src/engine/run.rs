@@ -7,8 +7,13 @@
 //! next render that could depend on it. To keep a step cheap, a finished
 //! task's commit is folded into the next render's commit (one transaction per
 //! step); the fold is flushed before the driver waits or exits.
+//!
+//! A run may store only so much (see `budget.rs`): when it has stored its
+//! limit, the driver fails it with `OUTPUT_LIMIT_EXCEEDED`.
 
 mod attempts;
+mod budget;
+mod changes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,14 +23,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::schedule::{self, Blocked, Change, Outcome, Plan, View};
+use super::schedule::{self, Blocked, Outcome, Plan, View};
 use super::state::RunState;
 use super::tree::Tree;
 use super::{ActiveRun, EngineInner};
 use crate::model::{
     AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus, now_ms,
 };
-use crate::runtime::{Node, Workflow};
+use crate::runtime::{LimitExceeded, Node, OUTPUT_LIMIT_EXCEEDED, OutputBudget, Workflow};
 use crate::store::{Commit, NodeUpdate, Op, StoreError};
 use attempts::{Finished, Inflight};
 
@@ -60,10 +65,13 @@ pub(super) fn spawn(
     slot: Arc<ActiveRun>,
     reason: &'static str,
 ) {
+    let budget = OutputBudget::new(engine.runtime.config().limits.max_run_stored_bytes, 0);
     let driver = Driver {
         carry: Commit::new(run_id.clone()).op(Op::AssertOwner {
             owner_id: engine.owner_id.clone(),
         }),
+        budget: Arc::new(budget),
+        resumed: reason == "resume",
         engine,
         run_id,
         workflow,
@@ -93,6 +101,10 @@ struct Driver {
     trigger: Value,
     /// The previous render and its frame hash.
     last_frame: Option<LastFrame>,
+    /// What the run may still store, shared with its task calls.
+    budget: Arc<OutputBudget>,
+    /// The run was resumed: what it stored before counts.
+    resumed: bool,
 }
 
 impl Driver {
@@ -142,7 +154,10 @@ impl Driver {
         let mut delay = STORAGE_RETRY_FIRST;
         loop {
             match self.engine.store.commit(commit.clone()).await {
-                Ok(_) => return Ok(true),
+                Ok(outcome) => {
+                    self.charge_events(&outcome);
+                    return Ok(true);
+                }
                 // The run was cancelled or taken over: stop quietly.
                 Err(StoreError::Conflict(_)) => return Ok(false),
                 Err(StoreError::Unavailable(message)) if !self.halted() => {
@@ -168,9 +183,16 @@ impl Driver {
     }
 
     async fn drive(&mut self) -> Result<Exit, StoreError> {
+        if self.resumed {
+            self.count_stored().await?;
+        }
         loop {
             if self.halted() {
                 return Ok(Exit::Halted);
+            }
+            if self.budget.exceeded() {
+                let error = self.output_limit_error();
+                return self.fail(error).await;
             }
             let tree = match self.render().await {
                 Ok(tree) => tree,
@@ -189,7 +211,10 @@ impl Driver {
                 },
             );
             let mut step = Commit::new(self.run_id.clone());
-            self.frame(&tree, &mut step);
+            if let Err(exceeded) = self.frame(&tree, &mut step) {
+                let error = ErrorInfo::new(OUTPUT_LIMIT_EXCEEDED, exceeded.to_string());
+                return self.fail(error).await;
+            }
             self.mount(&plan, &mut step);
             match &plan.outcome {
                 Outcome::Failed(error) => {
@@ -283,6 +308,11 @@ impl Driver {
                 "RENDER_FAILED",
                 format!("render failed: {message}"),
             )),
+            // A render that loops is stopped at its deadline, and the run
+            // fails with a code of its own rather than a generic failure.
+            Err(fault) if fault.code == "RENDER_TIMEOUT" => {
+                Err(ErrorInfo::new(fault.code, fault.message))
+            }
             Err(fault) => Err(ErrorInfo::new(
                 "RENDER_FAILED",
                 format!("render failed: {}", fault.message),
@@ -291,7 +321,9 @@ impl Driver {
         }
     }
 
-    fn frame(&mut self, tree: &Tree, step: &mut Commit) {
+    /// Adds the frame of `tree` to `step`; fails when a new tree does not
+    /// fit in what the run may still store.
+    fn frame(&mut self, tree: &Tree, step: &mut Commit) -> Result<(), LimitExceeded> {
         // Most renders return the tree of the previous one (a static
         // workflow always does): then, unless a loop moved on (the task
         // index carries iterations), its canonical JSON and hash are reused
@@ -319,6 +351,8 @@ impl Driver {
                 };
                 let (tree_json, task_index_json, hash) =
                     tree.frame(&self.workflow.info.name, iteration_of);
+                let size = tree_json.len() + task_index_json.len();
+                self.budget.try_charge("the frame's tree", size as u64)?;
                 last.frame = Some((loops, hash.clone()));
                 step.push_op(Op::StoreTree {
                     tree_hash: hash.clone(),
@@ -335,6 +369,7 @@ impl Driver {
             xml_hash: tree_hash,
             trigger,
         });
+        Ok(())
     }
 
     fn mount(&mut self, plan: &Plan, step: &mut Commit) {
@@ -348,153 +383,6 @@ impl Driver {
                 iteration: key.iteration,
             });
             self.state.node_mut(key).state = Some(NodeState::Pending);
-        }
-    }
-
-    fn apply_changes(&mut self, changes: &[Change], step: &mut Commit) {
-        for change in changes {
-            match change {
-                Change::Skip(key) => {
-                    step.push_op(node_op(key, NodeState::Skipped));
-                    step.push_event(EventBody::NodeSkipped {
-                        node_id: key.node_id.to_string(),
-                        iteration: key.iteration,
-                    });
-                    self.state.node_mut(key).state = Some(NodeState::Skipped);
-                    self.trigger = json!({ "reason": "node-skipped", "nodeId": &*key.node_id });
-                }
-                Change::FinishApproval {
-                    key,
-                    output,
-                    skipped,
-                } => {
-                    let state = if *skipped {
-                        NodeState::Skipped
-                    } else {
-                        NodeState::Finished
-                    };
-                    step.push_op(Op::UpsertNode(NodeUpdate {
-                        output_json: Some(output.clone()),
-                        ..NodeUpdate::new(key, state)
-                    }));
-                    step.push_event(if *skipped {
-                        EventBody::NodeSkipped {
-                            node_id: key.node_id.to_string(),
-                            iteration: key.iteration,
-                        }
-                    } else {
-                        EventBody::NodeFinished {
-                            node_id: key.node_id.to_string(),
-                            iteration: key.iteration,
-                            attempt: 1,
-                        }
-                    });
-                    self.state.node_mut(key).state = Some(state);
-                    self.state.set_output(key, output.clone());
-                    self.trigger = json!({ "reason": "approval-decided", "nodeId": &*key.node_id });
-                }
-                Change::FailApproval { key, error } => {
-                    step.push_op(Op::UpsertNode(NodeUpdate {
-                        error: Some(error.clone()),
-                        ..NodeUpdate::new(key, NodeState::Failed)
-                    }));
-                    step.push_event(EventBody::NodeFailed {
-                        node_id: key.node_id.to_string(),
-                        iteration: key.iteration,
-                        attempt: 1,
-                        error: error.clone(),
-                    });
-                    let node = self.state.node_mut(key);
-                    node.state = Some(NodeState::Failed);
-                    node.error = Some(error.clone());
-                    self.trigger = json!({ "reason": "approval-decided", "nodeId": &*key.node_id });
-                }
-                Change::ConsumeSignal { key, seq, payload } => {
-                    step.push_op(Op::ConsumeSignal {
-                        seq: *seq,
-                        key: key.clone(),
-                    });
-                    step.push_op(Op::UpsertNode(NodeUpdate {
-                        output_json: Some(payload.clone()),
-                        ..NodeUpdate::new(key, NodeState::Finished)
-                    }));
-                    step.push_event(EventBody::NodeFinished {
-                        node_id: key.node_id.to_string(),
-                        iteration: key.iteration,
-                        attempt: 1,
-                    });
-                    self.state.node_mut(key).state = Some(NodeState::Finished);
-                    self.state.set_output(key, payload.clone());
-                    self.state.signals.retain(|s| s.seq != *seq);
-                    self.trigger = json!({ "reason": "signal", "nodeId": &*key.node_id });
-                }
-                Change::AdvanceLoop { loop_id, iteration } => {
-                    step.push_op(Op::SetLoop {
-                        loop_id: loop_id.clone(),
-                        iteration: *iteration,
-                        done: false,
-                    });
-                    step.push_event(EventBody::LoopIterationStarted {
-                        node_id: loop_id.clone(),
-                        iteration: *iteration,
-                    });
-                    self.state.set_loop(loop_id, *iteration, false);
-                    self.trigger = json!({ "reason": "loop-advanced", "nodeId": loop_id, "iteration": iteration });
-                }
-                Change::CompleteLoop { loop_id, iteration } => {
-                    step.push_op(Op::SetLoop {
-                        loop_id: loop_id.clone(),
-                        iteration: *iteration,
-                        done: true,
-                    });
-                    self.state.set_loop(loop_id, *iteration, true);
-                    self.trigger = json!({ "reason": "loop-completed", "nodeId": loop_id });
-                }
-            }
-        }
-    }
-
-    fn request_inputs(&mut self, plan: &Plan, step: &mut Commit) {
-        for (key, spec) in &plan.request_approvals {
-            let request = json!({
-                "mode": "approve",
-                "title": spec.title.clone().unwrap_or_else(|| key.node_id.to_string()),
-                "summary": spec.summary,
-                "onDeny": match spec.on_deny {
-                    crate::runtime::OnDeny::Fail => "fail",
-                    crate::runtime::OnDeny::Continue => "continue",
-                    crate::runtime::OnDeny::Skip => "skip",
-                },
-                "allowedScopes": spec.allowed_scopes,
-                "allowedUsers": spec.allowed_users,
-                "metadata": spec.meta.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()),
-            });
-            step.push_op(Op::RequestApproval {
-                key: key.clone(),
-                label: spec.title.clone(),
-                request_json: request.to_string(),
-            });
-            step.push_op(node_op(key, NodeState::WaitingApproval));
-            step.push_event(EventBody::ApprovalRequested {
-                node_id: key.node_id.to_string(),
-                iteration: key.iteration,
-                request: request.clone(),
-            });
-            step.push_event(EventBody::NodeWaitingApproval {
-                node_id: key.node_id.to_string(),
-                iteration: key.iteration,
-                request,
-            });
-            self.state.node_mut(key).state = Some(NodeState::WaitingApproval);
-        }
-        for (key, name) in &plan.wait_signals {
-            step.push_op(node_op(key, NodeState::WaitingEvent));
-            step.push_event(EventBody::NodeWaitingEvent {
-                node_id: key.node_id.to_string(),
-                iteration: key.iteration,
-                signal_name: name.clone(),
-            });
-            self.state.node_mut(key).state = Some(NodeState::WaitingEvent);
         }
     }
 
@@ -655,6 +543,6 @@ impl Driver {
 }
 
 /// An `UpsertNode` that only changes the state.
-fn node_op(key: &NodeKey, state: NodeState) -> Op {
+pub(super) fn node_op(key: &NodeKey, state: NodeState) -> Op {
     Op::UpsertNode(NodeUpdate::new(key, state))
 }

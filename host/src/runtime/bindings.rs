@@ -3,7 +3,13 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "workflow",
-    imports: { default: async },
+    // `emit` and `log` may trap: a guest that outgrows its output limits
+    // is stopped at the call (the WIT functions return nothing to refuse with).
+    imports: {
+        "smithers:workflow/tools.emit": async | trappable,
+        "smithers:workflow/tools.log": async | trappable,
+        default: async,
+    },
     exports: { default: async },
     // Lets the engine notice that a render returned the same tree as the
     // previous one and reuse its frame instead of re-serializing it.

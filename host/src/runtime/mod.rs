@@ -6,7 +6,8 @@
 //! and `run-task` call gets a fresh `Store` instantiated from a cached
 //! `InstancePre`, with a memory limit and its own WASI context: no state leaks
 //! between calls, and a guest that traps, loops or exhausts memory only fails
-//! its own call.
+//! its own call. Every call has a deadline and every byte a guest sends back
+//! is bounded by [`GuestLimits`] (see `limits.rs`).
 //!
 //! The runtime knows nothing about runs or the database: task-side events
 //! (output, tool calls) leave through a channel the engine provides.
@@ -14,6 +15,7 @@
 mod bindings;
 pub mod build;
 mod cache;
+mod deadline;
 mod limits;
 mod tools;
 
@@ -32,11 +34,13 @@ pub use bindings::types::{
     RenderContext, TaskContext, TaskError, TaskOptions, WorkflowInfo,
 };
 pub use cache::{CacheStats, LoadSource};
+pub use limits::{GuestLimits, LimitExceeded, OUTPUT_LIMIT_EXCEEDED, OutputBudget};
 
 use crate::model::{ComponentHash, EventBody};
 use crate::sandbox::SandboxPolicy;
 use crate::sandbox::wasi::CapturedOutput;
-use limits::GuestLimiter;
+use deadline::{Call, with_deadline};
+use limits::{GuestLimiter, bounded_task_error, charge_output};
 
 /// Linear memory kept mapped between instances of a pooled slot.
 const RESIDENT_MEMORY_BYTES: usize = 8 * 1024 * 1024;
@@ -57,8 +61,8 @@ const WASM_MAGIC: &[u8; 4] = b"\0asm";
 pub struct RuntimeConfig {
     /// Linear memory limit of one instance.
     pub max_memory_bytes: u64,
-    /// Cap of captured guest stdout and of stderr, per call.
-    pub max_guest_output_bytes: usize,
+    /// Deadlines and output caps of guest calls.
+    pub limits: GuestLimits,
     /// Use the pooling instance allocator (fast instantiation).
     pub pooling: bool,
     /// Where compiled components are cached on disk (`None`: memory only).
@@ -75,7 +79,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             max_memory_bytes: 256 * 1024 * 1024,
-            max_guest_output_bytes: 1024 * 1024,
+            limits: GuestLimits::default(),
             pooling: true,
             cache_dir: None,
             memory_cache_entries: 64,
@@ -125,8 +129,9 @@ impl LoadError {
 /// A failure of a guest call that is not the guest's own `Err` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestFault {
-    /// `TASK_TIMEOUT`, `CANCELLED`, `GUEST_MEMORY_LIMIT`, `GUEST_STACK_OVERFLOW`,
-    /// `GUEST_TRAP`, `INSTANTIATION_FAILED`.
+    /// `TASK_TIMEOUT`, `RENDER_TIMEOUT`, `CANCELLED`, `GUEST_MEMORY_LIMIT`,
+    /// `GUEST_STACK_OVERFLOW`, `GUEST_TRAP`, `OUTPUT_LIMIT_EXCEEDED`,
+    /// `INSTANTIATION_FAILED`.
     pub code: &'static str,
     /// What happened.
     pub message: String,
@@ -138,6 +143,12 @@ impl GuestFault {
             code,
             message: message.into(),
         }
+    }
+
+    /// Whether another attempt could succeed. Output that did not fit would
+    /// not fit the next time either (and a retry would only store more).
+    pub fn retryable(&self) -> bool {
+        self.code != OUTPUT_LIMIT_EXCEEDED
     }
 }
 
@@ -170,8 +181,11 @@ pub struct TaskEnv {
     pub events: UnboundedSender<EventBody>,
     /// Stops the call (and any tool it runs) when triggered.
     pub cancel: CancellationToken,
-    /// Wall-clock limit of the call.
-    pub timeout: Option<Duration>,
+    /// Wall-clock limit of the call (see [`GuestLimits::task_deadline`]).
+    pub timeout: Duration,
+    /// What the run may still store; `emit`, `log`, captured output and
+    /// the task's output are charged to it.
+    pub budget: Arc<OutputBudget>,
     /// Node, iteration, attempt and run id for event attribution.
     pub node_id: String,
     /// Loop iteration.
@@ -313,7 +327,8 @@ impl Runtime {
         };
         let (mut store, _out) = self.render_store();
         let result = with_deadline(
-            Some(Duration::from_secs(10)),
+            Call::Describe,
+            self.config.limits.render_timeout,
             &CancellationToken::new(),
             async {
                 let instance = workflow.pre.instantiate_async(&mut store).await?;
@@ -330,8 +345,8 @@ impl Runtime {
     }
 
     fn render_store(&self) -> (Store<HostState>, (CapturedOutput, CapturedOutput)) {
-        let stdout = CapturedOutput::new(self.config.max_guest_output_bytes);
-        let stderr = CapturedOutput::new(self.config.max_guest_output_bytes);
+        let stdout = CapturedOutput::new(self.config.limits.max_stdio_bytes);
+        let stderr = CapturedOutput::new(self.config.limits.max_stdio_bytes);
         let wasi = crate::sandbox::wasi::render_context(&stdout, &stderr);
         (self.new_store(wasi, None), (stdout, stderr))
     }
@@ -369,7 +384,9 @@ impl Runtime {
         Ok(started.elapsed())
     }
 
-    /// Calls `render`. Guest-side `Err(message)` is returned as `Ok(Err(..))`.
+    /// Calls `render`. Guest-side `Err(message)` is returned as `Ok(Err(..))`,
+    /// its message cut to 4 KiB; a render that
+    /// outlives `render_timeout` is a `RENDER_TIMEOUT` fault.
     pub async fn render(
         &self,
         workflow: &Workflow,
@@ -377,7 +394,8 @@ impl Runtime {
     ) -> Result<Result<Vec<Node>, String>, GuestFault> {
         let (mut store, _out) = self.render_store();
         let result = with_deadline(
-            Some(Duration::from_secs(30)),
+            Call::Render,
+            self.config.limits.render_timeout,
             &CancellationToken::new(),
             async {
                 let instance = workflow.pre.instantiate_async(&mut store).await?;
@@ -385,47 +403,80 @@ impl Runtime {
             },
         )
         .await?;
-        result.map_err(|e| fault_of(&e, &store))
+        match result {
+            Ok(Err(mut message)) => {
+                limits::cut(&mut message, limits::MAX_ERROR_MESSAGE_BYTES);
+                Ok(Err(message))
+            }
+            other => other.map_err(|e| fault_of(&e, &store)),
+        }
     }
 
     /// Calls `run-task` with the root dir preopened and the tools enabled.
-    /// Captured stdout/stderr are sent as `NodeOutput` events before returning.
+    /// Captured stdout/stderr are sent as `NodeOutput` events before
+    /// returning. Output that breaks a limit (see [`GuestLimits`]) turns
+    /// the result into an `OUTPUT_LIMIT_EXCEEDED` fault and is not sent.
     pub async fn run_task(
         &self,
         workflow: &Workflow,
         ctx: &TaskContext,
         env: TaskEnv,
     ) -> Result<Result<String, TaskError>, GuestFault> {
-        let stdout = CapturedOutput::new(self.config.max_guest_output_bytes);
-        let stderr = CapturedOutput::new(self.config.max_guest_output_bytes);
+        let limits = &self.config.limits;
+        let stdout = CapturedOutput::new(limits.max_stdio_bytes);
+        let stderr = CapturedOutput::new(limits.max_stdio_bytes);
         let wasi = crate::sandbox::wasi::task_context(&env.root_dir, &stdout, &stderr)
             .map_err(|e| GuestFault::new("INSTANTIATION_FAILED", e.to_string()))?;
         let events = env.events.clone();
         let attribution = (env.node_id.clone(), env.iteration, env.attempt);
+        let run_id = env.run_id.clone();
         let cancel = env.cancel.clone();
         let timeout = env.timeout;
-        let mut store = self.new_store(wasi, Some(tools::ToolContext::new(env)));
-        let result = with_deadline(timeout, &cancel, async {
+        let budget = env.budget.clone();
+        let tools = tools::ToolContext::new(env, limits);
+        let mut store = self.new_store(wasi, Some(tools));
+        let result = with_deadline(Call::Task, timeout, &cancel, async {
             let instance = workflow.pre.instantiate_async(&mut store).await?;
             instance.call_run_task(&mut store, ctx).await
         })
         .await;
+        let mut overflow = None;
         for (capture, stream) in [(&stdout, "stdout"), (&stderr, "stderr")] {
             let (mut text, truncated) = capture.take();
             if truncated {
                 text.push_str("\n[output truncated]");
             }
-            if !text.is_empty() {
-                let _ = events.send(EventBody::NodeOutput {
-                    node_id: attribution.0.clone(),
-                    iteration: attribution.1,
-                    attempt: attribution.2,
-                    text,
-                    stream: stream.into(),
-                });
+            if text.is_empty() {
+                continue;
+            }
+            let event = EventBody::NodeOutput {
+                node_id: attribution.0.clone(),
+                iteration: attribution.1,
+                attempt: attribution.2,
+                text,
+                stream: stream.into(),
+            };
+            let size = limits::stored_event_bytes(&event, &run_id);
+            match budget.try_charge("the captured output", size) {
+                Ok(()) => {
+                    let _ = events.send(event);
+                }
+                Err(e) => {
+                    overflow.get_or_insert(e);
+                }
             }
         }
-        result?.map_err(|e| fault_of(&e, &store))
+        let result = result?.map_err(|e| fault_of(&e, &store))?;
+        if let Some(e) = overflow {
+            return Err(GuestFault::new(OUTPUT_LIMIT_EXCEEDED, e.to_string()));
+        }
+        match result {
+            Ok(output) => {
+                charge_output(limits, &budget, &output)?;
+                Ok(Ok(output))
+            }
+            Err(error) => Ok(Err(bounded_task_error(error))),
+        }
     }
 }
 
@@ -433,32 +484,6 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop
             .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Runs a guest call until it completes, the deadline passes or `cancel`
-/// fires. Dropping the call's future abandons the store (and kills any bash
-/// process tree the guest started); the store is never reused.
-async fn with_deadline<T>(
-    timeout: Option<Duration>,
-    cancel: &CancellationToken,
-    call: impl std::future::Future<Output = T>,
-) -> Result<T, GuestFault> {
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let sleep = async {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(GuestFault::new("CANCELLED", "the task was cancelled")),
-        _ = sleep => Err(GuestFault::new(
-            "TASK_TIMEOUT",
-            format!("the task did not finish within {} ms", timeout.unwrap_or_default().as_millis()),
-        )),
-        value = call => Ok(value),
     }
 }
 
@@ -479,6 +504,9 @@ pub(crate) fn clipped(text: String) -> String {
 }
 
 fn fault_of(error: &wasmtime::Error, store: &Store<HostState>) -> GuestFault {
+    if let Some(exceeded) = error.downcast_ref::<LimitExceeded>() {
+        return GuestFault::new(OUTPUT_LIMIT_EXCEEDED, exceeded.to_string());
+    }
     if store.data().limiter.hit_memory_limit() {
         return GuestFault::new(
             "GUEST_MEMORY_LIMIT",

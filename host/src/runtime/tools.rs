@@ -4,6 +4,11 @@
 //! call from `render` is refused. Every call is attributed to its node and
 //! attempt and reported as events (`ToolCallStarted`/`ToolCallFinished`,
 //! `NodeOutput`) through the channel the engine gave the task.
+//!
+//! What a guest streams is bounded here, before it leaves the call: a `log`
+//! message is cut to its cap, an `emit` over its cap or anything the run's
+//! [`OutputBudget`] cannot hold traps the call with `OUTPUT_LIMIT_EXCEEDED`
+//! (the WIT functions return nothing a refusal could be reported with).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::bindings::tools::{BashOptions, BashResult, Host, LogLevel, ToolError};
+use super::limits::{self, GuestLimits, LimitExceeded, OutputBudget};
 use super::{HostState, TaskEnv};
 use crate::model::{ErrorInfo, EventBody};
 use crate::sandbox::{self, BashRequest, SandboxPolicy};
@@ -26,10 +32,13 @@ pub(super) struct ToolContext {
     iteration: u32,
     attempt: u32,
     next_call: u32,
+    budget: Arc<OutputBudget>,
+    max_emit_bytes: usize,
+    max_log_bytes: usize,
 }
 
 impl ToolContext {
-    pub(super) fn new(env: TaskEnv) -> Self {
+    pub(super) fn new(env: TaskEnv, limits: &GuestLimits) -> Self {
         Self {
             sandbox: env.sandbox,
             events: env.events,
@@ -39,7 +48,26 @@ impl ToolContext {
             iteration: env.iteration,
             attempt: env.attempt,
             next_call: 0,
+            budget: env.budget,
+            max_emit_bytes: limits.max_emit_bytes,
+            max_log_bytes: limits.max_log_bytes,
         }
+    }
+
+    /// Charges the `NodeOutput` event carrying `text` to the run (what it
+    /// will store, before it is stored) and streams it.
+    fn stream(&self, what: &'static str, text: String, stream: &str) -> wasmtime::Result<()> {
+        let event = EventBody::NodeOutput {
+            node_id: self.node_id.clone(),
+            iteration: self.iteration,
+            attempt: self.attempt,
+            text,
+            stream: stream.into(),
+        };
+        self.budget
+            .try_charge(what, limits::stored_event_bytes(&event, &self.run_id))?;
+        let _ = self.events.send(event);
+        Ok(())
     }
 }
 
@@ -124,11 +152,16 @@ impl Host for HostState {
         }
     }
 
-    async fn log(&mut self, level: LogLevel, message: String) {
+    async fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
         let Some(tools) = self.tools.as_ref() else {
-            tracing::debug!(%message, "log from render ignored");
-            return;
+            tracing::debug!("log from render ignored");
+            return Ok(());
         };
+        // A log line is for people: its head is what matters, so it is cut
+        // rather than refused (as captured stdout/stderr are).
+        if limits::cut(&mut message, tools.max_log_bytes) {
+            message.push_str(" [log message truncated]");
+        }
         let (run, node) = (&tools.run_id, &tools.node_id);
         match level {
             LogLevel::Trace => tracing::trace!(run, node, "{message}"),
@@ -137,19 +170,23 @@ impl Host for HostState {
             LogLevel::Warn => tracing::warn!(run, node, "{message}"),
             LogLevel::Error => tracing::error!(run, node, "{message}"),
         }
-        let _ = tools.events.send(EventBody::NodeOutput {
-            node_id: tools.node_id.clone(),
-            iteration: tools.iteration,
-            attempt: tools.attempt,
-            text: message,
-            stream: "log".into(),
-        });
+        tools.stream("a log message", message, "log")
     }
 
-    async fn emit(&mut self, data: String) {
+    async fn emit(&mut self, data: String) -> wasmtime::Result<()> {
         let Some(tools) = self.tools.as_ref() else {
-            return;
+            return Ok(());
         };
+        // Structured data cut in the middle is no longer data: an emit over
+        // its cap fails the task instead.
+        if data.len() > tools.max_emit_bytes {
+            return Err(LimitExceeded::PerCall {
+                what: "an emit",
+                size: data.len(),
+                limit: tools.max_emit_bytes,
+            }
+            .into());
+        }
         // Only valid JSON is streamed: a client parsing `text` as JSON must
         // never be surprised.
         let text = match serde_json::from_str::<serde_json::Value>(&data) {
@@ -158,12 +195,6 @@ impl Host for HostState {
                 serde_json::json!({ "invalidJson": data, "error": e.to_string() }).to_string()
             }
         };
-        let _ = tools.events.send(EventBody::NodeOutput {
-            node_id: tools.node_id.clone(),
-            iteration: tools.iteration,
-            attempt: tools.attempt,
-            text,
-            stream: "emit".into(),
-        });
+        tools.stream("an emit", text, "emit")
     }
 }

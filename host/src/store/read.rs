@@ -575,6 +575,28 @@ impl Reader<'_> {
         Ok(rows)
     }
 
+    /// Bytes a run has stored: its events, its nodes' outputs and the frame
+    /// trees its frames name. What the engine counts against a run's
+    /// stored-bytes limit when it resumes the run.
+    pub fn stored_bytes(&self, run_id: &RunId) -> Result<u64, StoreError> {
+        let bytes: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT
+                   (SELECT COALESCE(SUM(LENGTH(CAST(payload_json AS BLOB))), 0)
+                      FROM events WHERE run_id = ?1)
+                 + (SELECT COALESCE(SUM(LENGTH(CAST(output_json AS BLOB))), 0)
+                      FROM nodes WHERE run_id = ?1)
+                 + (SELECT COALESCE(SUM(LENGTH(CAST(tree_json AS BLOB))
+                                      + LENGTH(CAST(task_index_json AS BLOB))), 0)
+                      FROM frame_trees WHERE tree_hash IN (
+                        SELECT json_extract(payload_json, '$.xmlHash') FROM events
+                         WHERE run_id = ?1 AND type = 'FrameCommitted'))",
+            )?
+            .query_row([run_id.as_str()], |row| row.get(0))?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     /// The approval request of a node, if any.
     pub fn approval(
         &self,

@@ -4,8 +4,10 @@
 //! its result becomes ops and events carried by the driver's next commit,
 //! or a retry with backoff. Nothing here commits a step by itself: the
 //! driver owns when a step is written.
-
-use std::time::Duration;
+//!
+//! Every attempt has a deadline (the task's `timeoutMs`, or the host's
+//! default, never more than the host's maximum) and charges what it streams
+//! and returns to the run's output budget.
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -15,7 +17,7 @@ use super::Driver;
 use crate::engine::schedule::Start;
 use crate::engine::tree::TaskSpec;
 use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, now_ms};
-use crate::runtime::{Backoff, GuestFault, TaskContext, TaskEnv, TaskError};
+use crate::runtime::{Backoff, GuestFault, OutputBudget, TaskContext, TaskEnv, TaskError};
 use crate::store::{Commit, NodeUpdate, Op};
 
 /// A task attempt in flight.
@@ -71,12 +73,14 @@ impl Driver {
     pub(super) fn launch(&mut self, start: Start) {
         let cancel = self.slot.halt.child_token();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let limits = &self.engine.runtime.config().limits;
         let env = TaskEnv {
             root_dir: self.engine.config.root_dir.clone(),
             sandbox: self.engine.config.sandbox.clone(),
             events: events_tx,
             cancel: cancel.clone(),
-            timeout: start.spec.timeout_ms.map(Duration::from_millis),
+            timeout: limits.task_deadline(start.spec.timeout_ms),
+            budget: self.budget.clone(),
             node_id: start.key.node_id.to_string(),
             iteration: start.key.iteration,
             attempt: start.attempt,
@@ -93,6 +97,7 @@ impl Driver {
         let store = self.engine.store.clone();
         let run_id = self.run_id.clone();
         let owner_id = self.engine.owner_id.clone();
+        let budget = self.budget.clone();
         let key = start.key.clone();
         let attempt = start.attempt;
         self.inflight.insert(
@@ -105,7 +110,7 @@ impl Driver {
         );
         self.tasks.spawn(async move {
             let call = runtime.run_task(&workflow, &ctx, env);
-            let forward = forward_task_events(store, run_id, owner_id, events_rx);
+            let forward = forward_task_events(store, run_id, owner_id, budget, events_rx);
             let (result, ()) = tokio::join!(call, forward);
             Finished {
                 key,
@@ -164,7 +169,10 @@ impl Driver {
                 }
                 (error, task_error.retryable)
             }
-            Err(fault) => (ErrorInfo::new(fault.code, fault.message), true),
+            Err(fault) => {
+                let retryable = fault.retryable();
+                (ErrorInfo::new(fault.code, fault.message), retryable)
+            }
         };
         let (error, retryable) = failure;
         let error = error.for_node(key.node_id.to_string());
@@ -224,11 +232,14 @@ fn backoff_delay(spec: &TaskSpec, attempt: u32) -> u64 {
     delay.min(MAX_DELAY_MS)
 }
 
-/// Commits a task's streamed events (output, tool calls) as they come.
+/// Commits a task's streamed events (output, tool calls) as they come, and
+/// charges the run for the tool call events (the runtime charged each
+/// `NodeOutput` before sending it).
 async fn forward_task_events(
     store: crate::store::Store,
     run_id: RunId,
     owner_id: String,
+    budget: std::sync::Arc<OutputBudget>,
     mut events: mpsc::UnboundedReceiver<EventBody>,
 ) {
     while let Some(first) = events.recv().await {
@@ -240,8 +251,17 @@ async fn forward_task_events(
             owner_id: owner_id.clone(),
         });
         commit.events = batch;
-        if let Err(e) = store.commit(commit).await {
-            tracing::debug!(run = %run_id, error = %e, "task events dropped");
+        match store.commit(commit).await {
+            Ok(outcome) => {
+                let stored: usize = outcome
+                    .events
+                    .iter()
+                    .filter(|e| e.event_type != "NodeOutput")
+                    .map(|e| e.json.len())
+                    .sum();
+                budget.charge(stored as u64);
+            }
+            Err(e) => tracing::debug!(run = %run_id, error = %e, "task events dropped"),
         }
     }
 }

@@ -82,6 +82,8 @@ fn node(spec: Spec, ctx: &Ctx) -> Option<Node> {
             return branch.and_then(|branch| node(branch, ctx));
         }
         Spec::AppendSequence(spec) => append_sequence(spec),
+        Spec::RenderSpin(true) => run::spin(),
+        Spec::RenderSpin(false) => return None,
     })
 }
 

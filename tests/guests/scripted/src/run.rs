@@ -28,17 +28,19 @@ pub fn run(spec: &TaskSpec, t: &TaskCtx) -> Result<Value, TaskError> {
 }
 
 fn behave(spec: &TaskSpec, t: &TaskCtx) -> Result<Value, TaskError> {
-    if let Some(text) = &spec.stdout {
-        println!("{text}");
-    }
-    if let Some(text) = &spec.stderr {
-        eprintln!("{text}");
-    }
-    if let Some(value) = &spec.emit {
-        tools::emit(value)?;
-    }
-    if let Some(text) = &spec.log {
-        tools::log(Level::Info, text);
+    for _ in 0..spec.repeat.unwrap_or(1) {
+        if let Some(text) = &spec.stdout {
+            println!("{text}");
+        }
+        if let Some(text) = &spec.stderr {
+            eprintln!("{text}");
+        }
+        if let Some(value) = &spec.emit {
+            tools::emit(value)?;
+        }
+        if let Some(text) = &spec.log {
+            tools::log(Level::Info, text);
+        }
     }
     if let Some(append) = &spec.append_line {
         append_line(append, t)?;
@@ -223,7 +225,8 @@ fn symlink(target: &str, link: &str) -> std::io::Result<()> {
 }
 
 /// Busy-loops forever; only an epoch interrupt (timeout, cancel) stops it.
-fn spin() -> ! {
+/// Also used by `render` for a `renderSpin` node.
+pub fn spin() -> ! {
     let mut n: u64 = 0;
     loop {
         n = black_box(n.wrapping_add(1));

@@ -25,6 +25,7 @@ pub enum Spec {
     Signal(SignalSpec),
     If(Box<IfSpec>),
     AppendSequence(AppendSequenceSpec),
+    RenderSpin(bool),
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +161,7 @@ pub struct TaskSpec {
     pub label: Option<String>,
     pub meta: Option<Value>,
 
+    pub repeat: Option<u32>,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
     pub emit: Option<Value>,

@@ -106,6 +106,19 @@ fn if_branches_on_a_committed_output() {
 }
 
 #[test]
+fn render_spin_false_renders_nothing_and_repeat_is_accepted() {
+    // `renderSpin: true` never returns, so only its off state is rendered here;
+    // the host tests exercise the spin against the render deadline.
+    let script = json!({"root": {"sequence": [
+        {"task": {"id": "a", "log": "x", "repeat": 3}},
+        {"renderSpin": false}
+    ]}});
+    let ctx = Ctx::new(script);
+    assert_eq!(ids(&ctx), ["$seq:0", "a"]);
+    assert!(run_task(&ctx, "a", 0, 1).is_ok());
+}
+
+#[test]
 fn loop_is_done_when_the_until_node_has_the_value() {
     let script = json!({"root": {"loop": {"id": "l", "untilNode": "t", "untilPath": "/done",
         "children": [{"task": {"id": "t", "doneAtIteration": 2}}]}}});
