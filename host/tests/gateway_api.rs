@@ -874,10 +874,31 @@ impl WaitWith for Gateway {
     }
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
+/// The default (`timestamped`) webhook headers: a fresh delivery id, now,
+/// and the signature of `<id>.<timestamp>.<body>`.
+fn sign(secret: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let id = uuid_like();
+    let ts = (now_ms() / 1000).to_string();
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    for part in [id.as_bytes(), b".", ts.as_bytes(), b".", body] {
+        mac.update(part);
+    }
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    vec![
+        ("x-smithers-delivery", id),
+        ("x-smithers-timestamp", ts),
+        ("x-hub-signature-256", signature),
+    ]
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "delivery-{}-{}",
+        now_ms(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 #[tokio::test]
@@ -902,11 +923,11 @@ input_path = "input"
         &["fixture-scripted"],
         &[("GATEWAY_TEST_HOOK_SECRET", secret)],
     );
-    let post = |body: Value, signature: Option<String>| {
+    let post = |body: Value, signature: Option<Vec<(&'static str, String)>>| {
         let bytes = body.to_string().into_bytes();
         let mut request = gw.client.post(gw.url("/webhooks/hook")).body(bytes);
-        if let Some(signature) = signature {
-            request = request.header("x-hub-signature-256", signature);
+        for (name, value) in signature.unwrap_or_default() {
+            request = request.header(name, value);
         }
         async move { gateway_support::decode(request.send().await.unwrap()).await }
     };

@@ -357,6 +357,20 @@ pub struct WebhookConfig {
     /// Prefix before the hex digest.
     #[serde(default = "default_signature_prefix")]
     pub signature_prefix: String,
+    /// What the signature covers (default: delivery id, timestamp and body).
+    #[serde(default)]
+    pub scheme: WebhookScheme,
+    /// Header carrying the delivery id (`timestamped` scheme).
+    #[serde(default = "default_delivery_header")]
+    pub delivery_header: String,
+    /// Header carrying the Unix time of the delivery in seconds
+    /// (`timestamped` scheme).
+    #[serde(default = "default_timestamp_header")]
+    pub timestamp_header: String,
+    /// How far a delivery's timestamp may be from now, and how long its id
+    /// (or, for the `body` scheme, its body) is remembered, in seconds.
+    #[serde(default = "default_replay_window_secs")]
+    pub replay_window_secs: u64,
     /// Deliver a signal to the runs waiting for it.
     #[serde(default)]
     pub signal: Option<WebhookSignal>,
@@ -374,6 +388,35 @@ fn default_signature_header() -> String {
 
 fn default_signature_prefix() -> String {
     "sha256=".into()
+}
+
+fn default_delivery_header() -> String {
+    "x-smithers-delivery".into()
+}
+
+fn default_timestamp_header() -> String {
+    "x-smithers-timestamp".into()
+}
+
+fn default_replay_window_secs() -> u64 {
+    300
+}
+
+/// Longest accepted `replay_window_secs` (one day).
+pub const MAX_REPLAY_WINDOW_SECS: u64 = 24 * 60 * 60;
+
+/// What a webhook's HMAC-SHA256 signature covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookScheme {
+    /// `<delivery id>.<timestamp>.<body>`: a replay is refused by its
+    /// timestamp once outside the window, and by its id inside it.
+    #[default]
+    Timestamped,
+    /// The raw body only, as Smithers' gateway and GitHub sign it: replays
+    /// of the same body are refused for `replay_window_secs`, but nothing
+    /// dates a delivery, so a captured one can be replayed after that.
+    Body,
 }
 
 impl WebhookConfig {
@@ -498,6 +541,22 @@ impl GatewayConfig {
                     &webhook.secret,
                     &webhook.secret_env,
                 )?;
+                if !(1..=MAX_REPLAY_WINDOW_SECS).contains(&webhook.replay_window_secs) {
+                    return Err(ConfigError::Invalid(format!(
+                        "workflows.{key}.webhook.replay_window_secs must be between 1 and {MAX_REPLAY_WINDOW_SECS}"
+                    )));
+                }
+                for name in [
+                    &webhook.signature_header,
+                    &webhook.delivery_header,
+                    &webhook.timestamp_header,
+                ] {
+                    if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err(ConfigError::Invalid(format!(
+                            "workflows.{key}.webhook: {name:?} is not a header name"
+                        )));
+                    }
+                }
                 if webhook.signal.is_none() && !webhook.runs_enabled() {
                     return Err(ConfigError::Invalid(format!(
                         "workflows.{key}.webhook must deliver a signal or start runs"

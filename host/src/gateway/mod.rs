@@ -22,6 +22,7 @@ pub mod events;
 mod methods;
 pub mod rpc;
 pub mod webhook;
+pub mod webhook_auth;
 pub mod ws;
 
 mod serve;
