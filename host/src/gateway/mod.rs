@@ -16,11 +16,14 @@
 //! from the database.
 
 pub mod auth;
+pub mod auth_config;
 pub mod config;
 pub mod cron;
 pub mod events;
+pub mod jwt;
 mod methods;
 pub mod rpc;
+pub mod trust;
 pub mod webhook;
 pub mod webhook_auth;
 pub mod ws;
@@ -47,6 +50,16 @@ use crate::store::RunRow;
 
 /// Features advertised in `hello` and `/health`.
 pub const FEATURES: [&str; 2] = ["streaming", "runs"];
+
+/// Why a SIGHUP reload left `[auth]` as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRefused {
+    /// The reloaded file has no `[auth]` section.
+    #[error(
+        "the reloaded config has no [auth] section; keeping the current one (turning authentication off needs a restart)"
+    )]
+    AuthRemoved,
+}
 
 /// A registered workflow.
 #[derive(Debug, Clone)]
@@ -254,12 +267,19 @@ impl Gateway {
         self.auth.read().expect("auth lock").clone()
     }
 
-    /// Replaces the `[auth]` section (a config reload): new requests and
-    /// `connect` frames use it; sockets already connected keep their identity.
-    pub fn reload_auth(&self, auth: Option<config::AuthConfig>) {
+    /// Replaces the `[auth]` section with a reloaded (already validated)
+    /// one: new requests and `connect` frames use it; sockets already
+    /// connected keep their identity. A reload never drops authentication:
+    /// a file without `[auth]` while auth is on is refused and the current
+    /// section stays (turning auth off takes a restart).
+    pub fn reload_auth(&self, auth: Option<config::AuthConfig>) -> Result<(), ReloadRefused> {
+        if auth.is_none() && self.auth().is_configured() {
+            return Err(ReloadRefused::AuthRemoved);
+        }
         let next = Authenticator::new(auth, self.config.listen.insecure, self.trust_any_host);
         tracing::info!(mode = next.mode(), "reloaded [auth]");
         *self.auth.write().expect("auth lock") = Arc::new(next);
+        Ok(())
     }
 
     /// A registered workflow by key.

@@ -37,6 +37,7 @@ use super::rpc::{
     self, API_VERSION, Caller, RpcCode, RpcError, response_error, response_ok, string_param,
 };
 use crate::engine::events::follow;
+use crate::http::listen::Peer;
 use crate::model::{RunId, now_ms};
 
 /// The protocol version spoken.
@@ -105,8 +106,14 @@ impl Conn {
     }
 }
 
-/// Serves one upgraded socket until it closes or the gateway stops.
-pub async fn serve(gateway: Arc<Gateway>, socket: WebSocket, headers: HeaderMap) {
+/// Serves one upgraded socket (from `peer`, with the upgrade request's
+/// `headers`) until it closes or the gateway stops.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    socket: WebSocket,
+    headers: HeaderMap,
+    peer: Option<Peer>,
+) {
     let (sink, mut incoming) = socket.split();
     let limits = &gateway.config.limits;
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -163,7 +170,7 @@ pub async fn serve(gateway: Arc<Gateway>, socket: WebSocket, headers: HeaderMap)
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
         };
-        if let Some(response) = handle_frame(&gateway, &conn, &headers, &text).await {
+        if let Some(response) = handle_frame(&gateway, &conn, (&headers, peer), &text).await {
             // Requests are answered in order; waiting here pushes back on a
             // client that sends faster than it reads.
             if conn.control.send(Out::Response(response)).await.is_err() {
@@ -243,11 +250,15 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+/// The upgrade request's headers and the connection's peer: what `connect`
+/// authenticates besides the frame's token.
+type Upgrade<'a> = (&'a HeaderMap, Option<Peer>);
+
 /// Handles one client frame; `None` when the response was already queued.
 async fn handle_frame(
     gateway: &Arc<Gateway>,
     conn: &Arc<Conn>,
-    headers: &HeaderMap,
+    upgrade: Upgrade<'_>,
     text: &str,
 ) -> Option<Value> {
     let frame: Value = match serde_json::from_str(text) {
@@ -268,7 +279,7 @@ async fn handle_frame(
     };
     let params = frame.get("params").cloned().unwrap_or(Value::Null);
     if method == "connect" {
-        return Some(match connect(gateway, conn, headers, &params).await {
+        return Some(match connect(gateway, conn, upgrade, &params).await {
             Ok(hello) => response_ok(id, hello),
             Err(error) => {
                 let response = response_error(id, &error);
@@ -308,7 +319,7 @@ async fn handle_frame(
 async fn connect(
     gateway: &Arc<Gateway>,
     conn: &Arc<Conn>,
-    headers: &HeaderMap,
+    (headers, peer): Upgrade<'_>,
     params: &Value,
 ) -> Result<Value, RpcError> {
     if !params.is_object() {
@@ -337,7 +348,7 @@ async fn connect(
         .get("auth")
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str);
-    let identity = gateway.auth().authenticate(headers, token)?;
+    let identity = gateway.auth().authenticate(headers, peer, token)?;
     if !conn.counted.load(Ordering::SeqCst) {
         if !gateway.connection_opened() {
             return Err(RpcError::new(
