@@ -431,7 +431,7 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     let (status, frame) = gateway_support::decode(response).await;
     assert_eq!(
         (status, &frame["error"]["code"]),
-        (400, &json!("INVALID_JSON"))
+        (400, &json!("INVALID_INPUT"))
     );
     let (status, frame) = gw.post("/rpc", json!([1, 2]), &[]).await;
     assert_eq!(

@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod auth_config;
+pub mod bounds;
 pub mod config;
 pub mod cron;
 pub mod events;

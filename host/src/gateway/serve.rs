@@ -21,10 +21,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use super::auth::Identity;
 use super::config::{GatewayConfig, bind_host};
 use super::rpc::{self, Caller, RpcCode, RpcError, response_error, response_ok};
-use super::{Gateway, cron, events, webhook, ws};
+use super::{Gateway, bounds, cron, events, webhook, ws};
 use crate::app::App;
 use crate::http::error::json_response;
-use crate::http::extract::parse_json;
 use crate::http::listen::{Listener, Peer, accept_until};
 use crate::http::metrics::CONTENT_TYPE;
 use crate::http::ops;
@@ -198,8 +197,9 @@ async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result
     let too_large = || {
         RpcError::new(
             RpcCode::PayloadTooLarge,
-            format!("Request body exceeds {max} bytes"),
+            format!("Gateway request payload exceeds {max} bytes."),
         )
+        .with_details(json!({ "maxBytes": max }))
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -222,7 +222,8 @@ fn frame_response(status: StatusCode, frame: &Value) -> Response {
 
 /// `POST /v1/rpc/<method>` (params as the body) and `POST /rpc` (`{id,
 /// method, params}`): the answer is always a `res` frame, with the status
-/// of its error code.
+/// of its error code. The checks run in Smithers' order: Host/Origin,
+/// credentials, body size, JSON and its bounds, method name, scope.
 async fn rpc_call(
     gateway: Shared,
     headers: HeaderMap,
@@ -230,9 +231,11 @@ async fn rpc_call(
     body: Body,
     forced: Option<String>,
 ) -> Response {
+    // Echoed in the answer: only a short printable one is taken.
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| bounds::check_frame_id(v).is_ok())
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let fail =
@@ -249,7 +252,11 @@ async fn rpc_call(
         Ok(bytes) => bytes,
         Err(e) => return fail(&request_id, e),
     };
-    let body = match parse_json(&bytes) {
+    let body = match bytes.is_empty() {
+        true => Ok(json!({})),
+        false => bounds::parse_frame(&bytes),
+    };
+    let body = match body {
         Ok(Value::Object(map)) => Value::Object(map),
         Ok(_) => {
             return fail(
@@ -257,23 +264,29 @@ async fn rpc_call(
                 RpcError::invalid("RPC body must be a JSON object"),
             );
         }
-        Err(e) => return fail(&request_id, e.into()),
+        Err(e) => return fail(&request_id, e),
     };
-    let id = body
-        .get("id")
-        .and_then(Value::as_str)
-        .map_or(request_id, str::to_string);
+    let id = match body.get("id").and_then(Value::as_str) {
+        Some(id) => match bounds::check_frame_id(id) {
+            Ok(()) => id.to_string(),
+            Err(e) => return fail(&request_id, e),
+        },
+        None => request_id,
+    };
     let (method, params) = match forced {
         Some(method) if body.get("method").is_none() => (method, body.clone()),
         Some(method) => (method, body.get("params").cloned().unwrap_or(Value::Null)),
-        None => match body.get("method").and_then(Value::as_str) {
-            Some(method) if !method.is_empty() => (
+        None => match bounds::method_name(body.get("method")) {
+            Ok(method) => (
                 method.to_string(),
                 body.get("params").cloned().unwrap_or(Value::Null),
             ),
-            _ => return fail(&id, RpcError::invalid("method must be a non-empty string")),
+            Err(e) => return fail(&id, e),
         },
     };
+    if let Err(e) = bounds::check_method(&method) {
+        return fail(&id, e);
+    }
     gateway.metrics.rpc_called();
     if !identity.may_call(&method) {
         return fail(&id, RpcError::missing_scope(&method));

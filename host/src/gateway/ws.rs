@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::auth::Identity;
+use super::bounds;
 use super::events::map_event;
 use super::rpc::{
     self, API_VERSION, Caller, RpcCode, RpcError, response_error, response_ok, string_param,
@@ -261,23 +262,11 @@ async fn handle_frame(
     upgrade: Upgrade<'_>,
     text: &str,
 ) -> Option<Value> {
-    let frame: Value = match serde_json::from_str(text) {
-        Ok(frame) => frame,
-        Err(e) => {
-            let error = RpcError::new(RpcCode::InvalidJson, format!("Invalid JSON: {e}"));
-            return Some(response_error("invalid", &error));
-        }
+    let (id, method, params) = match bounds::parse_request(text) {
+        Ok(request) => request,
+        Err((id, error)) => return Some(response_error(&id, &error)),
     };
-    let (Some("req"), Some(id), Some(method)) = (
-        frame.get("type").and_then(Value::as_str),
-        frame.get("id").and_then(Value::as_str),
-        frame.get("method").and_then(Value::as_str),
-    ) else {
-        let id = frame.get("id").and_then(Value::as_str).unwrap_or("invalid");
-        let error = RpcError::invalid("a request frame is {type: \"req\", id, method, params}");
-        return Some(response_error(id, &error));
-    };
-    let params = frame.get("params").cloned().unwrap_or(Value::Null);
+    let (id, method) = (id.as_str(), method.as_str());
     if method == "connect" {
         return Some(match connect(gateway, conn, upgrade, &params).await {
             Ok(hello) => response_ok(id, hello),
