@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use self::auth::Authenticator;
+use self::auth::{Authenticator, Identity};
 use self::config::{GatewayConfig, WorkflowConfig};
 use self::events::EventBridge;
 use self::rpc::{RpcCode, RpcError};
@@ -347,9 +347,13 @@ impl Gateway {
         body
     }
 
-    /// The `hello` snapshot: live runs, pending approvals, `stateVersion`.
-    pub async fn snapshot(&self) -> Result<Value, RpcError> {
-        let runs = methods::list_runs(self, &json!({ "filter": { "limit": 1000 } })).await?;
+    /// The `hello` snapshot: live runs and pending approvals (each only
+    /// when `identity` may list them), `stateVersion`.
+    pub async fn snapshot(&self, identity: &Identity) -> Result<Value, RpcError> {
+        let runs = match identity.may_call("listRuns") {
+            true => methods::list_runs(self, &json!({ "filter": { "limit": 1000 } })).await?,
+            false => json!([]),
+        };
         let live: Vec<Value> = runs
             .as_array()
             .into_iter()
@@ -364,7 +368,10 @@ impl Gateway {
             .collect();
         Ok(json!({
             "runs": live,
-            "approvals": methods::pending_approvals(self).await?,
+            "approvals": match identity.may_call("listApprovals") {
+                true => methods::pending_approvals(self).await?,
+                false => Vec::new(),
+            },
             "stateVersion": self.events.state_version(),
         }))
     }

@@ -13,7 +13,8 @@
 //! data queue (run streams, broadcast events). A consumer that leaves the
 //! data queue full longer than `slow_consumer_ms` loses the stream
 //! (`run.error` `BackpressureDisconnect`) or, for broadcast events, the
-//! socket (close 1013). `streamRunEvents` follows the store from the
+//! socket (close 1013). An event reaches a connection only when its current
+//! identity may call the RPC that would return it (`events::readable_by`). `streamRunEvents` follows the store from the
 //! requested seq, so a client that reconnects with the last seq it saw gets
 //! every later event exactly once.
 
@@ -32,11 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::auth::Identity;
-use super::bounds;
 use super::events::map_event;
 use super::rpc::{
     self, API_VERSION, Caller, RpcCode, RpcError, response_error, response_ok, string_param,
 };
+use super::{bounds, events};
 use crate::engine::events::follow;
 use crate::http::listen::Peer;
 use crate::model::{RunId, now_ms};
@@ -371,7 +372,7 @@ async fn connect(
             "userId": identity.user_id,
             "tokenId": identity.token_id,
         },
-        "snapshot": gateway.snapshot().await?,
+        "snapshot": gateway.snapshot(&identity).await?,
     }))
 }
 
@@ -405,6 +406,14 @@ fn start_connection_tasks(gateway: &Arc<Gateway>, conn: &Arc<Conn>) {
                 }
                 Err(_) => return,
             };
+            // The same read check as the RPC that would return the event
+            // (its identity can change with a later `connect`).
+            if !conn
+                .identity()
+                .is_some_and(|identity| events::readable_by(&identity, &event.event))
+            {
+                continue;
+            }
             if let Some(run_id) = &event.run_id {
                 let wanted = conn
                     .subscribed
@@ -503,6 +512,13 @@ async fn stream_run_events(
     Ok(())
 }
 
+/// Whether the connection's current identity may still read its streams
+/// (checked per frame: a later `connect` may have changed the identity).
+fn may_stream(conn: &Conn) -> bool {
+    conn.identity()
+        .is_some_and(|identity| identity.may_call("streamRunEvents"))
+}
+
 async fn run_stream(
     gateway: Arc<Gateway>,
     conn: Arc<Conn>,
@@ -521,7 +537,9 @@ async fn run_stream(
         )
     };
     let mut slow = false;
-    if let Some((from_seq, to_seq)) = gap {
+    if let Some((from_seq, to_seq)) = gap
+        && may_stream(&conn)
+    {
         let snapshot = gateway.run_snapshot(&run_id).await.unwrap_or(Value::Null);
         let frame = event(
             "run.gap_resync",
@@ -544,6 +562,11 @@ async fn run_stream(
                 })));
             }
             next = events.next() => match next {
+                Some(Ok(_)) if !may_stream(&conn) => {
+                    let refused = RpcError::missing_scope("streamRunEvents");
+                    conn.control(stream_error(refused.code, refused.message));
+                    break;
+                }
                 Some(Ok(stored)) => {
                     let (name, payload) = map_event(&stored);
                     let frame = event("run.event", json!({
