@@ -431,7 +431,7 @@ async fn every_rpc_method_works_over_http_with_its_alias_and_envelope() {
     let (status, frame) = gateway_support::decode(response).await;
     assert_eq!(
         (status, &frame["error"]["code"]),
-        (400, &json!("INVALID_JSON"))
+        (400, &json!("INVALID_INPUT"))
     );
     let (status, frame) = gw.post("/rpc", json!([1, 2]), &[]).await;
     assert_eq!(
@@ -676,6 +676,8 @@ async fn wait_for_pending(gw: &Gateway, run: &str, node: &str) {
     }
 }
 
+const JWT_SECRET: &str = "jwt-secret-0123456789abcdef0123456789";
+
 fn jwt(secret: &str, claims: Value) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let head = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
@@ -702,7 +704,7 @@ path = "fixture-scripted.wasm"
     let gw = Gateway::start_with_env(
         config,
         &["fixture-scripted"],
-        &[("GATEWAY_TEST_JWT_SECRET", "jwt-secret")],
+        &[("GATEWAY_TEST_JWT_SECRET", JWT_SECRET)],
     );
     let now = now_ms() / 1000;
     let claims = |extra: Value| {
@@ -713,7 +715,7 @@ path = "fixture-scripted.wasm"
         c
     };
     let writer = jwt(
-        "jwt-secret",
+        JWT_SECRET,
         claims(json!({"scope": "run:read run:write", "role": "ci"})),
     );
     let input = script(task("who", json!({"echoAuth": true})));
@@ -739,7 +741,7 @@ path = "fixture-scripted.wasm"
     assert_eq!(auth["scopes"], json!(["run:read", "run:write"]));
 
     // No scope claim: the default scopes (read only); default role.
-    let reader = jwt("jwt-secret", claims(json!({})));
+    let reader = jwt(JWT_SECRET, claims(json!({})));
     let (status, frame) = gw
         .rpc("launchRun", json!({"workflow": "scripted"}), Some(&reader))
         .await;
@@ -750,24 +752,24 @@ path = "fixture-scripted.wasm"
     assert_eq!(gw.rpc("listRuns", json!({}), Some(&reader)).await.0, 200);
 
     // Inside the 60 s clock skew an expired token passes; beyond, not.
-    let lenient = jwt("jwt-secret", claims(json!({"exp": now - 20})));
+    let lenient = jwt(JWT_SECRET, claims(json!({"exp": now - 20})));
     assert_eq!(gw.rpc("listRuns", json!({}), Some(&lenient)).await.0, 200);
     for (bad, why) in [
         (jwt("other-secret", claims(json!({}))), "signature"),
         (
-            jwt("jwt-secret", claims(json!({"exp": now - 3600}))),
+            jwt(JWT_SECRET, claims(json!({"exp": now - 3600}))),
             "expired",
         ),
         (
-            jwt("jwt-secret", claims(json!({"nbf": now + 3600}))),
+            jwt(JWT_SECRET, claims(json!({"nbf": now + 3600}))),
             "not valid yet",
         ),
         (
-            jwt("jwt-secret", claims(json!({"iss": "https://elsewhere"}))),
+            jwt(JWT_SECRET, claims(json!({"iss": "https://elsewhere"}))),
             "issuer",
         ),
         (
-            jwt("jwt-secret", claims(json!({"aud": ["someone-else"]}))),
+            jwt(JWT_SECRET, claims(json!({"aud": ["someone-else"]}))),
             "audience",
         ),
         ("not.a.jwt".to_string(), "malformed"),
@@ -776,7 +778,7 @@ path = "fixture-scripted.wasm"
         assert_eq!(status, 401, "{why}: {frame}");
         assert_eq!(frame["error"]["code"], "UNAUTHORIZED", "{why}");
     }
-    let expired = jwt("jwt-secret", claims(json!({"exp": now - 3600})));
+    let expired = jwt(JWT_SECRET, claims(json!({"exp": now - 3600})));
     let (_, frame) = gw.rpc("listRuns", json!({}), Some(&expired)).await;
     assert_eq!(frame["error"]["refresh"], "smithers token issue");
 }
@@ -800,6 +802,7 @@ async fn trusted_proxy_mode_takes_identity_from_headers_and_fails_closed() {
 port = 0
 [auth]
 mode = "trusted-proxy"
+trusted_proxies = ["127.0.0.1"]
 [workflows.scripted]
 path = "fixture-scripted.wasm"
 "#;
@@ -874,10 +877,31 @@ impl WaitWith for Gateway {
     }
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
+/// The default (`timestamped`) webhook headers: a fresh delivery id, now,
+/// and the signature of `<id>.<timestamp>.<body>`.
+fn sign(secret: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let id = uuid_like();
+    let ts = (now_ms() / 1000).to_string();
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    for part in [id.as_bytes(), b".", ts.as_bytes(), b".", body] {
+        mac.update(part);
+    }
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    vec![
+        ("x-smithers-delivery", id),
+        ("x-smithers-timestamp", ts),
+        ("x-hub-signature-256", signature),
+    ]
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "delivery-{}-{}",
+        now_ms(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 #[tokio::test]
@@ -902,11 +926,11 @@ input_path = "input"
         &["fixture-scripted"],
         &[("GATEWAY_TEST_HOOK_SECRET", secret)],
     );
-    let post = |body: Value, signature: Option<String>| {
+    let post = |body: Value, signature: Option<Vec<(&'static str, String)>>| {
         let bytes = body.to_string().into_bytes();
         let mut request = gw.client.post(gw.url("/webhooks/hook")).body(bytes);
-        if let Some(signature) = signature {
-            request = request.header("x-hub-signature-256", signature);
+        for (name, value) in signature.unwrap_or_default() {
+            request = request.header(name, value);
         }
         async move { gateway_support::decode(request.send().await.unwrap()).await }
     };

@@ -239,8 +239,9 @@ slow_consumer_ms = 300
 path = "fixture-scripted.wasm"
 "#;
     let gw = Gateway::start(config, &["fixture-scripted"]);
-    // ~12 MiB of events: far more than the socket buffers hold.
-    let blob = "x".repeat(300 * 1024);
+    // ~12 MiB of events: far more than the socket buffers hold (each
+    // string within the gateway's 16 KiB bound on input strings).
+    let blob = vec!["x".repeat(15 * 1024); 20];
     let input = script(
         json!({"loop": {"id": "l", "max": 40, "children": [task("emit", json!({"emit": blob}))]}}),
     );

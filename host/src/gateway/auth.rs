@@ -2,23 +2,26 @@
 //!
 //! [`Authenticator::authenticate`] turns a request's credentials into an
 //! [`Identity`] (role, scopes, user) for the configured mode — static tokens,
-//! HS256 JWTs, or a trusted proxy's headers — or, without auth, grants the
-//! loopback operator everything once the Host/Origin gate passed. Scope
+//! HS256 JWTs ([`super::jwt`]), or the headers of a proxy whose address is
+//! trusted ([`super::trust`]) — or, without auth, grants the loopback
+//! operator everything once the Host/Origin gate passed. Browser requests
+//! pass an Origin check in every mode. Scope
 //! checks follow Smithers exactly (`run:admin ⊃ run:write ⊃ run:read`,
 //! `cron:write ⊃ cron:read`, `*`, a method name or `prefix.*` granting that
 //! method, and the legacy `read`/`execute`/`approve`/`admin`), so a token
 //! written for Smithers means the same here.
 
 use axum::http::{HeaderMap, header};
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::config::{AuthConfig, JwtConfig};
+use super::config::{AuthConfig, TrustedProxyConfig};
+use super::jwt::{self, JwtError};
 use super::rpc::{RpcCode, RpcError};
+use super::trust;
 use crate::http::auth::{AccessPolicy, KEY_HEADER};
+use crate::http::listen::Peer;
 use crate::model::now_ms;
 
 /// An authenticated caller.
@@ -90,30 +93,36 @@ impl Authenticator {
         self.auth.as_ref().map_or("none", AuthConfig::mode)
     }
 
-    /// The gate every non-health request passes first: without auth, Host
-    /// and Origin must be loopback (403 `FORBIDDEN`); with auth, a present
-    /// Origin must be on `allowed_origins` when that list is set.
+    /// True when some `[auth]` is configured.
+    pub fn is_configured(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// The gate every non-health request passes first (403 `FORBIDDEN`).
+    /// Without auth, Host and Origin must be loopback (unless `insecure`).
+    /// With auth, a browser request (one with `Origin`) must come from an
+    /// `allowed_origins` entry or, when none is listed, from the gateway's
+    /// own origin — whatever `insecure` says, since a credential a browser
+    /// attaches by itself (a proxy's session cookie) must not be usable from
+    /// another site.
     pub fn check_request(&self, headers: &HeaderMap) -> Result<(), RpcError> {
         if let Err(e) = self.gate.check(headers) {
             return Err(RpcError::new(RpcCode::Forbidden, e.message));
         }
-        if let Some(auth) = &self.auth {
-            let allowed = auth.allowed_origins();
-            if let Some(origin) = headers.get(header::ORIGIN)
-                && !allowed.is_empty()
-                && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes())
-            {
-                return Err(RpcError::new(RpcCode::Forbidden, "Origin is not allowed"));
-            }
+        if let Some(auth) = &self.auth
+            && !trust::origin_allowed(headers, auth.allowed_origins())
+        {
+            return Err(RpcError::new(RpcCode::Forbidden, "Origin is not allowed"));
         }
         Ok(())
     }
 
-    /// Authenticates a request whose token (if any) came from `token` or the
-    /// request headers.
+    /// Authenticates a request that arrived from `peer`, whose token (if
+    /// any) came from `token` or the request headers.
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
+        peer: Option<Peer>,
         token: Option<&str>,
     ) -> Result<Identity, RpcError> {
         let header_token = bearer_token(headers);
@@ -155,80 +164,90 @@ impl Authenticator {
                     token_id: Some(grant.token_id.clone().unwrap_or_else(|| token_hash(token))),
                 })
             }
-            Some(AuthConfig::Jwt(jwt)) => {
+            Some(AuthConfig::Jwt(config)) => {
                 let token = token.ok_or_else(token_required)?;
-                let claims = verify_jwt(token, jwt, now_ms()).map_err(|message| {
-                    let error = RpcError::new(RpcCode::Unauthorized, message.clone());
-                    if message.contains("expired") {
+                let claims = jwt::verify(token, config, now_ms()).map_err(|e| {
+                    let error = RpcError::new(RpcCode::Unauthorized, e.to_string());
+                    if e == JwtError::Expired {
                         error.with_details(json!({ "refresh": "smithers token issue" }))
                     } else {
                         error
                     }
                 })?;
-                let scopes = parse_scopes(claims.get(&jwt.scopes_claim));
+                let scopes = parse_scopes(claims.get(&config.scopes_claim));
                 Ok(Identity {
                     role: claims
-                        .get(&jwt.role_claim)
+                        .get(&config.role_claim)
                         .and_then(Value::as_str)
-                        .unwrap_or(&jwt.default_role)
+                        .unwrap_or(&config.default_role)
                         .to_string(),
                     scopes: if scopes.is_empty() {
-                        jwt.default_scopes.clone()
+                        config.default_scopes.clone()
                     } else {
                         scopes
                     },
                     user_id: claims
-                        .get(&jwt.user_claim)
+                        .get(&config.user_claim)
                         .and_then(Value::as_str)
                         .map(str::to_string),
                     token_id: Some(token_hash(token)),
                 })
             }
-            Some(AuthConfig::TrustedProxy {
-                trusted_headers,
-                default_role,
-                default_scopes,
-                ..
-            }) => {
-                let name = |i: usize, fallback: &'static str| {
-                    trusted_headers
-                        .get(i)
-                        .map_or(fallback.to_string(), |h| h.to_ascii_lowercase())
-                };
-                let value = |name: String| {
-                    headers
-                        .get(name.as_str())
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_string)
-                };
-                let user_id = value(name(0, "x-user-id"));
-                let scopes = value(name(1, "x-user-scopes"));
-                let role = value(name(2, "x-user-role"));
-                // Fail closed: no scopes header and no configured default
-                // must not become an implicit "*".
-                let scopes = match (scopes, default_scopes) {
-                    (Some(raw), _) => parse_scopes(Some(&Value::String(raw))),
-                    (None, Some(defaults)) => defaults.clone(),
-                    (None, None) => {
-                        return Err(RpcError::new(
-                            RpcCode::Unauthorized,
-                            "trusted-proxy request is missing the user scopes header and no default_scopes is configured",
-                        ));
-                    }
-                };
-                Ok(Identity {
-                    role: role
-                        .or_else(|| default_role.clone())
-                        .unwrap_or_else(|| "operator".into()),
-                    scopes,
-                    user_id,
-                    token_id: None,
-                })
-            }
+            Some(AuthConfig::TrustedProxy(proxy)) => proxy_identity(proxy, headers, peer),
         }
     }
+}
+
+/// The identity a trusted proxy vouches for in its headers. The peer
+/// address decides whether the headers are believed at all.
+fn proxy_identity(
+    proxy: &TrustedProxyConfig,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+) -> Result<Identity, RpcError> {
+    if !proxy.proxies.trusts(peer) {
+        return Err(RpcError::new(
+            RpcCode::Unauthorized,
+            "Request did not come from a trusted proxy",
+        ));
+    }
+    let name = |i: usize, fallback: &'static str| {
+        proxy
+            .trusted_headers
+            .get(i)
+            .map_or(fallback.to_string(), |h| h.to_ascii_lowercase())
+    };
+    let value = |name: String| {
+        headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let user_id = value(name(0, "x-user-id"));
+    let scopes = value(name(1, "x-user-scopes"));
+    let role = value(name(2, "x-user-role"));
+    // Fail closed: no scopes header and no configured default must not
+    // become an implicit "*".
+    let scopes = match (scopes, &proxy.default_scopes) {
+        (Some(raw), _) => parse_scopes(Some(&Value::String(raw))),
+        (None, Some(defaults)) => defaults.clone(),
+        (None, None) => {
+            return Err(RpcError::new(
+                RpcCode::Unauthorized,
+                "trusted-proxy request is missing the user scopes header and no default_scopes is configured",
+            ));
+        }
+    };
+    Ok(Identity {
+        role: role
+            .or_else(|| proxy.default_role.clone())
+            .unwrap_or_else(|| "operator".into()),
+        scopes,
+        user_id,
+        token_id: None,
+    })
 }
 
 fn token_required() -> RpcError {
@@ -272,72 +291,6 @@ fn parse_scopes(value: Option<&Value>) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// Verifies an HS256 JWT and returns its claims.
-pub fn verify_jwt(
-    token: &str,
-    config: &JwtConfig,
-    now_ms: i64,
-) -> Result<serde_json::Map<String, Value>, String> {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut parts = token.split('.');
-    let (Some(head), Some(body), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("Malformed JWT".into());
-    };
-    let decode_json = |part: &str| -> Result<serde_json::Map<String, Value>, String> {
-        let bytes = b64.decode(part).map_err(|_| "Malformed JWT".to_string())?;
-        match serde_json::from_slice(&bytes) {
-            Ok(Value::Object(map)) => Ok(map),
-            _ => Err("Malformed JWT".into()),
-        }
-    };
-    let header = decode_json(head)?;
-    if header.get("alg").and_then(Value::as_str) != Some("HS256") {
-        return Err("Unsupported JWT algorithm; only HS256 is accepted".into());
-    }
-    let signature = b64
-        .decode(signature)
-        .map_err(|_| "Malformed JWT".to_string())?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(config.resolved_secret.as_bytes())
-        .expect("HMAC takes any key length");
-    mac.update(head.as_bytes());
-    mac.update(b".");
-    mac.update(body.as_bytes());
-    mac.verify_slice(&signature)
-        .map_err(|_| "Invalid JWT signature".to_string())?;
-    let claims = decode_json(body)?;
-    let seconds = |name: &str| claims.get(name).and_then(Value::as_f64);
-    let skew = config.clock_skew_ms as f64;
-    let now = now_ms as f64;
-    if let Some(exp) = seconds("exp")
-        && now > exp * 1000.0 + skew
-    {
-        return Err("JWT expired".into());
-    }
-    if let Some(nbf) = seconds("nbf")
-        && now + skew < nbf * 1000.0
-    {
-        return Err("JWT is not valid yet".into());
-    }
-    if let Some(issuer) = &config.issuer
-        && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
-    {
-        return Err("JWT issuer mismatch".into());
-    }
-    if let Some(audience) = &config.audience {
-        let matches = match claims.get("aud") {
-            Some(Value::String(aud)) => aud == audience,
-            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
-            _ => false,
-        };
-        if !matches {
-            return Err("JWT audience mismatch".into());
-        }
-    }
-    Ok(claims)
 }
 
 /// The scope a method needs (Smithers' catalogue for the methods served
@@ -490,49 +443,5 @@ mod tests {
         assert!(has_approval_scope(&scopes(&["run:admin"]), "run:write"));
         assert!(has_approval_scope(&scopes(&["team:qa"]), "team:qa"));
         assert!(!has_approval_scope(&scopes(&["team:dev"]), "team:qa"));
-    }
-
-    fn jwt(secret: &str, claims: Value) -> String {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let head = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let body = b64.encode(claims.to_string());
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(format!("{head}.{body}").as_bytes());
-        let sig = b64.encode(mac.finalize().into_bytes());
-        format!("{head}.{body}.{sig}")
-    }
-
-    #[test]
-    fn jwts_are_checked_for_signature_time_issuer_and_audience() {
-        let config = super::super::config::GatewayConfig::parse(
-            "[auth]\nmode = \"jwt\"\nsecret = \"k\"\nissuer = \"me\"\naudience = \"gw\"\n",
-        )
-        .unwrap();
-        let Some(AuthConfig::Jwt(config)) = config.auth else {
-            panic!()
-        };
-        let now = 1_000_000_000_000;
-        let good = json!({"iss": "me", "aud": ["x", "gw"], "exp": now / 1000 + 60, "sub": "u"});
-        assert!(verify_jwt(&jwt("k", good.clone()), &config, now).is_ok());
-        assert_eq!(
-            verify_jwt(&jwt("other", good.clone()), &config, now).unwrap_err(),
-            "Invalid JWT signature"
-        );
-        // Within the 60 s skew an expired token still passes; beyond it, not.
-        let expired = json!({"iss": "me", "aud": "gw", "exp": now / 1000 - 30});
-        assert!(verify_jwt(&jwt("k", expired), &config, now).is_ok());
-        let expired = json!({"iss": "me", "aud": "gw", "exp": now / 1000 - 120});
-        assert!(
-            verify_jwt(&jwt("k", expired), &config, now)
-                .unwrap_err()
-                .contains("expired")
-        );
-        let early = json!({"iss": "me", "aud": "gw", "nbf": now / 1000 + 120});
-        assert!(verify_jwt(&jwt("k", early), &config, now).is_err());
-        let wrong_iss = json!({"iss": "you", "aud": "gw"});
-        assert!(verify_jwt(&jwt("k", wrong_iss), &config, now).is_err());
-        let wrong_aud = json!({"iss": "me", "aud": "other"});
-        assert!(verify_jwt(&jwt("k", wrong_aud), &config, now).is_err());
-        assert!(verify_jwt("a.b", &config, now).is_err());
     }
 }

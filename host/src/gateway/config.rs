@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::auth_config::resolve_secret;
+pub use super::auth_config::{AuthConfig, JwtConfig, TokenGrant, TrustedProxyConfig};
 use crate::http::auth::is_loopback_host;
 
 /// Default port (the one Smithers' gateway uses).
@@ -171,153 +173,6 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Authentication, by mode.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum AuthConfig {
-    /// Static bearer tokens, each with a role and scopes.
-    Token {
-        /// Token text → grant.
-        tokens: BTreeMap<String, TokenGrant>,
-        /// Browser origins allowed to call (empty: any).
-        #[serde(default)]
-        allowed_origins: Vec<String>,
-    },
-    /// HS256 JSON Web Tokens.
-    Jwt(JwtConfig),
-    /// A reverse proxy that authenticated the user and says so in headers.
-    TrustedProxy {
-        /// Headers carrying user id, scopes and role (in that order).
-        #[serde(default = "default_trusted_headers")]
-        trusted_headers: Vec<String>,
-        /// Role when the role header is absent.
-        #[serde(default)]
-        default_role: Option<String>,
-        /// Scopes when the scopes header is absent (absent too: refused).
-        #[serde(default)]
-        default_scopes: Option<Vec<String>>,
-        /// Browser origins allowed to call (empty: any).
-        #[serde(default)]
-        allowed_origins: Vec<String>,
-    },
-}
-
-fn default_trusted_headers() -> Vec<String> {
-    vec![
-        "x-user-id".into(),
-        "x-user-scopes".into(),
-        "x-user-role".into(),
-    ]
-}
-
-impl AuthConfig {
-    /// The mode's name, as the wire spells it.
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Self::Token { .. } => "token",
-            Self::Jwt(_) => "jwt",
-            Self::TrustedProxy { .. } => "trusted-proxy",
-        }
-    }
-
-    /// Browser origins allowed to call (empty: any).
-    pub fn allowed_origins(&self) -> &[String] {
-        match self {
-            Self::Token {
-                allowed_origins, ..
-            }
-            | Self::TrustedProxy {
-                allowed_origins, ..
-            } => allowed_origins,
-            Self::Jwt(jwt) => &jwt.allowed_origins,
-        }
-    }
-}
-
-/// What a static token grants.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenGrant {
-    /// Role (`operator`, `viewer`, ...).
-    pub role: String,
-    /// Scopes (`run:read`, `*`, ...).
-    pub scopes: Vec<String>,
-    /// User id (for `allowedUsers` and `triggeredBy`).
-    #[serde(default)]
-    pub user_id: Option<String>,
-    /// Stable id for logs (default: a hash of the token).
-    #[serde(default)]
-    pub token_id: Option<String>,
-    /// Refused from this time (epoch ms).
-    #[serde(default)]
-    pub expires_at_ms: Option<i64>,
-    /// Revoked from this time (epoch ms).
-    #[serde(default)]
-    pub revoked_at_ms: Option<i64>,
-}
-
-/// HS256 JWT verification.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtConfig {
-    /// Shared secret (prefer `secret_env`).
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// Environment variable holding the secret.
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    /// Required `iss`.
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// Required `aud` (a string or one element of an array).
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// Tolerance on `exp` and `nbf`, in milliseconds.
-    #[serde(default = "default_clock_skew_ms")]
-    pub clock_skew_ms: i64,
-    /// Claim holding scopes (space- or comma-separated, or an array).
-    #[serde(default = "default_scope_claim")]
-    pub scopes_claim: String,
-    /// Claim holding the role.
-    #[serde(default = "default_role_claim")]
-    pub role_claim: String,
-    /// Claim holding the user id.
-    #[serde(default = "default_user_claim")]
-    pub user_claim: String,
-    /// Role when the claim is absent.
-    #[serde(default = "default_role")]
-    pub default_role: String,
-    /// Scopes when the claim is absent or empty.
-    #[serde(default)]
-    pub default_scopes: Vec<String>,
-    /// Browser origins allowed to call (empty: any).
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-    /// The secret, resolved at load time.
-    #[serde(skip)]
-    pub resolved_secret: String,
-}
-
-fn default_clock_skew_ms() -> i64 {
-    60_000
-}
-
-fn default_scope_claim() -> String {
-    "scope".into()
-}
-
-fn default_role_claim() -> String {
-    "role".into()
-}
-
-fn default_user_claim() -> String {
-    "sub".into()
-}
-
-fn default_role() -> String {
-    "operator".into()
-}
-
 /// One registered workflow.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,6 +212,20 @@ pub struct WebhookConfig {
     /// Prefix before the hex digest.
     #[serde(default = "default_signature_prefix")]
     pub signature_prefix: String,
+    /// What the signature covers (default: delivery id, timestamp and body).
+    #[serde(default)]
+    pub scheme: WebhookScheme,
+    /// Header carrying the delivery id (`timestamped` scheme).
+    #[serde(default = "default_delivery_header")]
+    pub delivery_header: String,
+    /// Header carrying the Unix time of the delivery in seconds
+    /// (`timestamped` scheme).
+    #[serde(default = "default_timestamp_header")]
+    pub timestamp_header: String,
+    /// How far a delivery's timestamp may be from now, and how long its id
+    /// (or, for the `body` scheme, its body) is remembered, in seconds.
+    #[serde(default = "default_replay_window_secs")]
+    pub replay_window_secs: u64,
     /// Deliver a signal to the runs waiting for it.
     #[serde(default)]
     pub signal: Option<WebhookSignal>,
@@ -374,6 +243,35 @@ fn default_signature_header() -> String {
 
 fn default_signature_prefix() -> String {
     "sha256=".into()
+}
+
+fn default_delivery_header() -> String {
+    "x-smithers-delivery".into()
+}
+
+fn default_timestamp_header() -> String {
+    "x-smithers-timestamp".into()
+}
+
+fn default_replay_window_secs() -> u64 {
+    300
+}
+
+/// Longest accepted `replay_window_secs` (one day).
+pub const MAX_REPLAY_WINDOW_SECS: u64 = 24 * 60 * 60;
+
+/// What a webhook's HMAC-SHA256 signature covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookScheme {
+    /// `<delivery id>.<timestamp>.<body>`: a replay is refused by its
+    /// timestamp once outside the window, and by its id inside it.
+    #[default]
+    Timestamped,
+    /// The raw body only, as Smithers' gateway and GitHub sign it: replays
+    /// of the same body are refused for `replay_window_secs`, but nothing
+    /// dates a delivery, so a captured one can be replayed after that.
+    Body,
 }
 
 impl WebhookConfig {
@@ -470,16 +368,23 @@ impl GatewayConfig {
                 self.listen.host
             )));
         }
-        match &mut self.auth {
-            Some(AuthConfig::Jwt(jwt)) => {
-                jwt.resolved_secret = resolve_secret("auth", &jwt.secret, &jwt.secret_env)?;
+        if let Some(auth) = &mut self.auth {
+            auth.validate()?;
+        }
+        if let Some(AuthConfig::TrustedProxy(proxy)) = &self.auth {
+            let unix = self.listen.socket.is_some();
+            if !proxy.proxies.can_match(unix) {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.trusted_proxies would never match: the gateway listens on a {} and no \
+                     entry names {}",
+                    if unix { "Unix socket" } else { "TCP port" },
+                    if unix {
+                        "\"unix\""
+                    } else {
+                        "an IP address or range"
+                    },
+                )));
             }
-            Some(AuthConfig::Token { tokens, .. }) if tokens.is_empty() => {
-                return Err(ConfigError::Invalid(
-                    "auth mode \"token\" needs at least one [auth.tokens] entry".into(),
-                ));
-            }
-            _ => {}
         }
         for (key, workflow) in &mut self.workflows {
             if key.is_empty() || key.contains(['/', '?', '#']) || key.chars().any(char::is_control)
@@ -498,6 +403,22 @@ impl GatewayConfig {
                     &webhook.secret,
                     &webhook.secret_env,
                 )?;
+                if !(1..=MAX_REPLAY_WINDOW_SECS).contains(&webhook.replay_window_secs) {
+                    return Err(ConfigError::Invalid(format!(
+                        "workflows.{key}.webhook.replay_window_secs must be between 1 and {MAX_REPLAY_WINDOW_SECS}"
+                    )));
+                }
+                for name in [
+                    &webhook.signature_header,
+                    &webhook.delivery_header,
+                    &webhook.timestamp_header,
+                ] {
+                    if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err(ConfigError::Invalid(format!(
+                            "workflows.{key}.webhook: {name:?} is not a header name"
+                        )));
+                    }
+                }
                 if webhook.signal.is_none() && !webhook.runs_enabled() {
                     return Err(ConfigError::Invalid(format!(
                         "workflows.{key}.webhook must deliver a signal or start runs"
@@ -514,32 +435,6 @@ pub fn bind_host(host: &str) -> &str {
     host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host)
-}
-
-fn resolve_secret(
-    section: &str,
-    inline: &Option<String>,
-    env: &Option<String>,
-) -> Result<String, ConfigError> {
-    let secret = match (inline, env) {
-        (Some(secret), None) => secret.clone(),
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
-            ConfigError::Invalid(format!(
-                "{section}.secret_env names {var}, which is not set"
-            ))
-        })?,
-        _ => {
-            return Err(ConfigError::Invalid(format!(
-                "{section} needs exactly one of secret or secret_env"
-            )));
-        }
-    };
-    if secret.trim().is_empty() {
-        return Err(ConfigError::Invalid(format!(
-            "{section}: the secret must not be empty"
-        )));
-    }
-    Ok(secret)
 }
 
 #[cfg(test)]
@@ -600,15 +495,71 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.auth.unwrap().mode(), "token");
-        let config =
-            GatewayConfig::parse("[auth]\nmode = \"jwt\"\nsecret = \"k\"\nissuer = \"me\"\n")
-                .unwrap();
+        let config = GatewayConfig::parse(&format!(
+            "[auth]\nmode = \"jwt\"\nsecret = \"{SECRET}\"\nissuer = \"me\"\naudience = \"gw\"\n"
+        ))
+        .unwrap();
         let Some(AuthConfig::Jwt(jwt)) = config.auth else {
             panic!()
         };
-        assert_eq!(jwt.resolved_secret, "k");
+        assert_eq!(jwt.resolved_secret, SECRET);
         assert_eq!(jwt.clock_skew_ms, 60_000);
-        let config = GatewayConfig::parse("[auth]\nmode = \"trusted-proxy\"\n").unwrap();
+        let config = GatewayConfig::parse(
+            "[auth]\nmode = \"trusted-proxy\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n",
+        )
+        .unwrap();
         assert_eq!(config.auth.unwrap().mode(), "trusted-proxy");
+        let config = GatewayConfig::parse(
+            "[workflows.a]\npath = \"a.wasm\"\n[workflows.a.webhook]\nsecret = \"s\"\n",
+        )
+        .unwrap();
+        let webhook = config.workflows["a"].webhook.clone().unwrap();
+        assert_eq!(webhook.scheme, WebhookScheme::Timestamped);
+        assert_eq!(webhook.replay_window_secs, 300);
+        assert_eq!(webhook.delivery_header, "x-smithers-delivery");
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn unsafe_auth_sections_are_refused_with_the_reason() {
+        let jwt = |extra: &str| format!("[auth]\nmode = \"jwt\"\n{extra}\n");
+        for (bad, why) in [
+            (jwt("secret = \"short\"\nissuer = \"i\"\naudience = \"a\""), "at least 32"),
+            (jwt(&format!("secret = \"{SECRET}\"\naudience = \"a\"")), "auth.issuer is required"),
+            (jwt(&format!("secret = \"{SECRET}\"\nissuer = \"i\"")), "auth.audience is required"),
+            (
+                jwt(&format!("secret = \"{SECRET}\"\nissuer = \"i\"\naudience = \"a\"\nclock_skew_ms = 3600000")),
+                "clock_skew_ms",
+            ),
+            ("[auth]\nmode = \"trusted-proxy\"\n".to_string(), "needs trusted_proxies"),
+            (
+                "[listen]\nhost = \"0.0.0.0\"\n[auth]\nmode = \"trusted-proxy\"\n".to_string(),
+                "needs trusted_proxies",
+            ),
+            (
+                "[auth]\nmode = \"trusted-proxy\"\ntrusted_proxies = [\"0.0.0.0/0\"]\n".to_string(),
+                "trusts every address",
+            ),
+            (
+                "[auth]\nmode = \"trusted-proxy\"\ntrusted_proxies = [\"unix\"]\n".to_string(),
+                "never match",
+            ),
+            (
+                "[listen]\nsocket = \"/tmp/gw.sock\"\n[auth]\nmode = \"trusted-proxy\"\ntrusted_proxies = [\"127.0.0.1\"]\n".to_string(),
+                "never match",
+            ),
+            (
+                "[auth]\nmode = \"token\"\nallowed_origins = [\"https://ok.example/\"]\n[auth.tokens.t]\nrole = \"r\"\nscopes = []\n".to_string(),
+                "is not an origin",
+            ),
+            (
+                "[workflows.a]\npath = \"a.wasm\"\n[workflows.a.webhook]\nsecret = \"s\"\nreplay_window_secs = 0\n".to_string(),
+                "replay_window_secs",
+            ),
+        ] {
+            let error = GatewayConfig::parse(&bad).unwrap_err().to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
     }
 }

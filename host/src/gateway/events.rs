@@ -3,7 +3,8 @@
 //! `run.completed`, ...), plus gateway-level events (`cron.triggered`).
 //!
 //! One bridge task reads the store's all-runs broadcast, bumps the global
-//! `stateVersion` and republishes each event to every WebSocket connection;
+//! `stateVersion` and republishes each event to every WebSocket connection
+//! whose identity may read it ([`readable_by`]);
 //! connections that cannot keep up lose their socket, never the engine's
 //! time. Per-run streams (`streamRunEvents`) do not use this broadcast: they
 //! follow the store directly, so their replay is exact.
@@ -16,6 +17,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Gateway;
+use super::auth::Identity;
 use crate::store::StoredEvent;
 
 /// Broadcast capacity before a connection is considered too slow.
@@ -48,6 +50,25 @@ impl GatewayEvent {
             state_version: 0,
         }
     }
+}
+
+/// The RPC methods a client must be allowed to call to receive an event:
+/// the ones that would return what the event carries. Run events need
+/// `getRun` (`run:read`), task outputs `getNodeOutput`, approval events
+/// `listApprovals`; `cron.triggered` names a run, so it needs `cronList`
+/// and `listRuns`. An event not listed here needs `getRun`.
+pub fn read_methods(event: &str) -> &'static [&'static str] {
+    match event {
+        "cron.triggered" => &["cronList", "listRuns"],
+        "task.output" => &["getNodeOutput"],
+        e if e.starts_with("approval.") => &["listApprovals"],
+        _ => &["getRun"],
+    }
+}
+
+/// True when `identity` may receive `event` (see [`read_methods`]).
+pub fn readable_by(identity: &Identity, event: &str) -> bool {
+    read_methods(event).iter().all(|m| identity.may_call(m))
 }
 
 /// Fan-out of gateway events and the global `stateVersion`.

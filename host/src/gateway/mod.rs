@@ -16,12 +16,17 @@
 //! from the database.
 
 pub mod auth;
+pub mod auth_config;
+pub mod bounds;
 pub mod config;
 pub mod cron;
 pub mod events;
+pub mod jwt;
 mod methods;
 pub mod rpc;
+pub mod trust;
 pub mod webhook;
+pub mod webhook_auth;
 pub mod ws;
 
 mod serve;
@@ -34,7 +39,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use self::auth::Authenticator;
+use self::auth::{Authenticator, Identity};
 use self::config::{GatewayConfig, WorkflowConfig};
 use self::events::EventBridge;
 use self::rpc::{RpcCode, RpcError};
@@ -46,6 +51,16 @@ use crate::store::RunRow;
 
 /// Features advertised in `hello` and `/health`.
 pub const FEATURES: [&str; 2] = ["streaming", "runs"];
+
+/// Why a SIGHUP reload left `[auth]` as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRefused {
+    /// The reloaded file has no `[auth]` section.
+    #[error(
+        "the reloaded config has no [auth] section; keeping the current one (turning authentication off needs a restart)"
+    )]
+    AuthRemoved,
+}
 
 /// A registered workflow.
 #[derive(Debug, Clone)]
@@ -253,12 +268,19 @@ impl Gateway {
         self.auth.read().expect("auth lock").clone()
     }
 
-    /// Replaces the `[auth]` section (a config reload): new requests and
-    /// `connect` frames use it; sockets already connected keep their identity.
-    pub fn reload_auth(&self, auth: Option<config::AuthConfig>) {
+    /// Replaces the `[auth]` section with a reloaded (already validated)
+    /// one: new requests and `connect` frames use it; sockets already
+    /// connected keep their identity. A reload never drops authentication:
+    /// a file without `[auth]` while auth is on is refused and the current
+    /// section stays (turning auth off takes a restart).
+    pub fn reload_auth(&self, auth: Option<config::AuthConfig>) -> Result<(), ReloadRefused> {
+        if auth.is_none() && self.auth().is_configured() {
+            return Err(ReloadRefused::AuthRemoved);
+        }
         let next = Authenticator::new(auth, self.config.listen.insecure, self.trust_any_host);
         tracing::info!(mode = next.mode(), "reloaded [auth]");
         *self.auth.write().expect("auth lock") = Arc::new(next);
+        Ok(())
     }
 
     /// A registered workflow by key.
@@ -325,9 +347,13 @@ impl Gateway {
         body
     }
 
-    /// The `hello` snapshot: live runs, pending approvals, `stateVersion`.
-    pub async fn snapshot(&self) -> Result<Value, RpcError> {
-        let runs = methods::list_runs(self, &json!({ "filter": { "limit": 1000 } })).await?;
+    /// The `hello` snapshot: live runs and pending approvals (each only
+    /// when `identity` may list them), `stateVersion`.
+    pub async fn snapshot(&self, identity: &Identity) -> Result<Value, RpcError> {
+        let runs = match identity.may_call("listRuns") {
+            true => methods::list_runs(self, &json!({ "filter": { "limit": 1000 } })).await?,
+            false => json!([]),
+        };
         let live: Vec<Value> = runs
             .as_array()
             .into_iter()
@@ -342,7 +368,10 @@ impl Gateway {
             .collect();
         Ok(json!({
             "runs": live,
-            "approvals": methods::pending_approvals(self).await?,
+            "approvals": match identity.may_call("listApprovals") {
+                true => methods::pending_approvals(self).await?,
+                false => Vec::new(),
+            },
             "stateVersion": self.events.state_version(),
         }))
     }

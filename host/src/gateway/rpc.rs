@@ -26,11 +26,10 @@ pub const API_VERSION: &str = "v1";
 pub enum RpcCode {
     /// Malformed params.
     InvalidRequest,
-    /// A body that is not JSON.
-    InvalidJson,
-    /// A run input that is not a JSON object.
+    /// A frame outside Smithers' bounds (not JSON, too deep, too big, a bad
+    /// method name), or a run input that is not a JSON object.
     InvalidInput,
-    /// A body over the limit.
+    /// A body over the limit (Smithers spells it `PayloadTooLarge`).
     PayloadTooLarge,
     /// Missing or bad credentials.
     Unauthorized,
@@ -69,9 +68,8 @@ impl RpcCode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidRequest => "INVALID_REQUEST",
-            Self::InvalidJson => "INVALID_JSON",
             Self::InvalidInput => "INVALID_INPUT",
-            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::PayloadTooLarge => "PayloadTooLarge",
             Self::Unauthorized => "UNAUTHORIZED",
             Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
@@ -94,7 +92,6 @@ impl RpcCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::InvalidRequest
-            | Self::InvalidJson
             | Self::InvalidInput
             | Self::SeqOutOfRange
             | Self::InvalidRunId

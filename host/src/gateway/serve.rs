@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{Extension, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,11 +21,10 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use super::auth::Identity;
 use super::config::{GatewayConfig, bind_host};
 use super::rpc::{self, Caller, RpcCode, RpcError, response_error, response_ok};
-use super::{Gateway, cron, events, webhook, ws};
+use super::{Gateway, bounds, cron, events, webhook, ws};
 use crate::app::App;
 use crate::http::error::json_response;
-use crate::http::extract::parse_json;
-use crate::http::listen::{Listener, accept_until};
+use crate::http::listen::{Listener, Peer, accept_until};
 use crate::http::metrics::CONTENT_TYPE;
 use crate::http::ops;
 
@@ -106,10 +105,24 @@ async fn observe(
     response
 }
 
+/// The connection's peer, as the accept loop recorded it (`None` for a
+/// router served some other way: never a trusted proxy then).
+type PeerOf = Option<Extension<Peer>>;
+
+fn peer(extension: PeerOf) -> Option<Peer> {
+    extension.map(|Extension(peer)| peer)
+}
+
 /// Host/Origin gate, credentials and the method's scope.
-fn authorize(gateway: &Gateway, headers: &HeaderMap, method: &str) -> Result<Identity, RpcError> {
-    gateway.auth().check_request(headers)?;
-    let identity = gateway.auth().authenticate(headers, None)?;
+fn authorize(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+    method: &str,
+) -> Result<Identity, RpcError> {
+    let auth = gateway.auth();
+    auth.check_request(headers)?;
+    let identity = auth.authenticate(headers, peer, None)?;
     if !identity.may_call(method) {
         return Err(RpcError::missing_scope(method));
     }
@@ -130,8 +143,8 @@ async fn health(State(gateway): State<Shared>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text (needs `run:read` when auth is on).
-async fn metrics_text(State(gateway): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gateway, &headers, "health") {
+async fn metrics_text(State(gateway): State<Shared>, from: PeerOf, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gateway, &headers, peer(from), "health") {
         return plain_error(&e);
     }
     let mut response = gateway.metrics.render(&gateway.engine).into_response();
@@ -142,8 +155,8 @@ async fn metrics_text(State(gateway): State<Shared>, headers: HeaderMap) -> Resp
 }
 
 /// `GET /workflows`: `{workflows: [...]}`.
-async fn workflows(State(gateway): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&gateway, &headers, "listWorkflows") {
+async fn workflows(State(gateway): State<Shared>, from: PeerOf, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gateway, &headers, peer(from), "listWorkflows") {
         return plain_error(&e);
     }
     json_response(
@@ -156,6 +169,7 @@ async fn workflows(State(gateway): State<Shared>, headers: HeaderMap) -> Respons
 /// credentials arrive in the `connect` frame (or the upgrade's headers).
 async fn upgrade(
     State(gateway): State<Shared>,
+    from: PeerOf,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -174,7 +188,7 @@ async fn upgrade(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| ws::serve(gateway, socket, headers))
+        .on_upgrade(move |socket| ws::serve(gateway, socket, headers, peer(from)))
 }
 
 /// Reads a body up to the limit.
@@ -183,8 +197,9 @@ async fn read_body(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result
     let too_large = || {
         RpcError::new(
             RpcCode::PayloadTooLarge,
-            format!("Request body exceeds {max} bytes"),
+            format!("Gateway request payload exceeds {max} bytes."),
         )
+        .with_details(json!({ "maxBytes": max }))
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -207,24 +222,29 @@ fn frame_response(status: StatusCode, frame: &Value) -> Response {
 
 /// `POST /v1/rpc/<method>` (params as the body) and `POST /rpc` (`{id,
 /// method, params}`): the answer is always a `res` frame, with the status
-/// of its error code.
+/// of its error code. The checks run in Smithers' order: Host/Origin,
+/// credentials, body size, JSON and its bounds, method name, scope.
 async fn rpc_call(
     gateway: Shared,
     headers: HeaderMap,
+    peer: Option<Peer>,
     body: Body,
     forced: Option<String>,
 ) -> Response {
+    // Echoed in the answer: only a short printable one is taken.
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| bounds::check_frame_id(v).is_ok())
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let fail =
         |id: &str, error: RpcError| frame_response(error.status, &response_error(id, &error));
-    if let Err(e) = gateway.auth().check_request(&headers) {
+    let auth = gateway.auth();
+    if let Err(e) = auth.check_request(&headers) {
         return fail(&request_id, e);
     }
-    let identity = match gateway.auth().authenticate(&headers, None) {
+    let identity = match auth.authenticate(&headers, peer, None) {
         Ok(identity) => identity,
         Err(e) => return fail(&request_id, e),
     };
@@ -232,7 +252,11 @@ async fn rpc_call(
         Ok(bytes) => bytes,
         Err(e) => return fail(&request_id, e),
     };
-    let body = match parse_json(&bytes) {
+    let body = match bytes.is_empty() {
+        true => Ok(json!({})),
+        false => bounds::parse_frame(&bytes),
+    };
+    let body = match body {
         Ok(Value::Object(map)) => Value::Object(map),
         Ok(_) => {
             return fail(
@@ -240,23 +264,29 @@ async fn rpc_call(
                 RpcError::invalid("RPC body must be a JSON object"),
             );
         }
-        Err(e) => return fail(&request_id, e.into()),
+        Err(e) => return fail(&request_id, e),
     };
-    let id = body
-        .get("id")
-        .and_then(Value::as_str)
-        .map_or(request_id, str::to_string);
+    let id = match body.get("id").and_then(Value::as_str) {
+        Some(id) => match bounds::check_frame_id(id) {
+            Ok(()) => id.to_string(),
+            Err(e) => return fail(&request_id, e),
+        },
+        None => request_id,
+    };
     let (method, params) = match forced {
         Some(method) if body.get("method").is_none() => (method, body.clone()),
         Some(method) => (method, body.get("params").cloned().unwrap_or(Value::Null)),
-        None => match body.get("method").and_then(Value::as_str) {
-            Some(method) if !method.is_empty() => (
+        None => match bounds::method_name(body.get("method")) {
+            Ok(method) => (
                 method.to_string(),
                 body.get("params").cloned().unwrap_or(Value::Null),
             ),
-            _ => return fail(&id, RpcError::invalid("method must be a non-empty string")),
+            Err(e) => return fail(&id, e),
         },
     };
+    if let Err(e) = bounds::check_method(&method) {
+        return fail(&id, e);
+    }
     gateway.metrics.rpc_called();
     if !identity.may_call(&method) {
         return fail(&id, RpcError::missing_scope(&method));
@@ -274,14 +304,20 @@ async fn rpc_call(
 async fn rpc_method(
     State(gateway): State<Shared>,
     Path(method): Path<String>,
+    from: PeerOf,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    rpc_call(gateway, headers, body, Some(method)).await
+    rpc_call(gateway, headers, peer(from), body, Some(method)).await
 }
 
-async fn rpc_envelope(State(gateway): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    rpc_call(gateway, headers, body, None).await
+async fn rpc_envelope(
+    State(gateway): State<Shared>,
+    from: PeerOf,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    rpc_call(gateway, headers, peer(from), body, None).await
 }
 
 /// `POST /webhooks/:key`: the signature is the credential (no token, no
@@ -410,7 +446,8 @@ pub async fn serve(
 }
 
 /// Re-reads the config on SIGHUP and applies its `[auth]`; a file that no
-/// longer parses is logged and ignored (the old auth stays). The handler is
+/// longer parses or validates, or that lacks `[auth]` while auth is on, is
+/// logged and ignored (the current auth stays). The handler is
 /// installed before this returns, so a SIGHUP after the "listening" line can
 /// never take the default action (terminate).
 fn reload_auth_on_sighup(gateway: Shared, path: std::path::PathBuf) {
@@ -428,9 +465,11 @@ fn reload_auth_on_sighup(gateway: Shared, path: std::path::PathBuf) {
                 _ = gateway.shutdown.cancelled() => return,
                 _ = hangups.recv() => {}
             }
-            match GatewayConfig::load(&path) {
-                Ok(config) => gateway.reload_auth(config.auth),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: config not reloaded"),
+            let reloaded = GatewayConfig::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|config| gateway.reload_auth(config.auth).map_err(|e| e.to_string()));
+            if let Err(error) = reloaded {
+                tracing::error!(%error, "SIGHUP: config not reloaded; the current [auth] stays");
             }
         }
     });

@@ -1,26 +1,28 @@
 //! `POST /webhooks/:key`: signed deliveries that signal waiting runs or start
 //! new ones.
 //!
-//! The HMAC-SHA256 signature of the raw body (header `x-hub-signature-256`,
-//! `sha256=<hex>` by default) is the only credential, checked in constant
-//! time before the body is even parsed: a bad signature is 401 and nothing
-//! happens. With a `signal` mapping, the signal goes to the run named at
-//! `run_id_path` or else to every run of this workflow waiting for it; when
-//! no run got it and runs are enabled, a run starts with the input at
-//! `input_path`. Both act as `{role: "system", triggeredBy: "webhook:<key>"}`.
+//! The HMAC-SHA256 signature ([`webhook_auth`]: over the delivery id,
+//! timestamp and raw body by default) is the only credential, checked in
+//! constant time before the body is even parsed: a bad or stale signature
+//! is 401 and nothing happens. A verified delivery is then claimed in the
+//! store; a replay of one already claimed answers `duplicate: true` and
+//! does nothing, across restarts. With a `signal` mapping, the signal goes
+//! to the run named at `run_id_path` or else to every run of this workflow
+//! waiting for it; when no run got it and runs are enabled, a run starts
+//! with the input at `input_path`. Both act as `{role: "system",
+//! triggeredBy: "webhook:<key>"}`.
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
-use sha2::Sha256;
 
-use super::Gateway;
 use super::auth::Identity;
 use super::config::WebhookConfig;
+use super::{Gateway, Registered, webhook_auth};
 use crate::http::error::json_response;
-use crate::model::RunId;
+use crate::model::{RunId, now_ms};
+use crate::store::{Op, StoreError};
 
 /// `{ok: false, error: {code, message}}` with a status.
 fn reject(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -28,23 +30,6 @@ fn reject(status: StatusCode, code: &str, message: impl Into<String>) -> Respons
         status,
         &json!({ "ok": false, "error": { "code": code, "message": message.into() } }),
     )
-}
-
-/// True when `provided` is `prefix + hex(HMAC-SHA256(secret, body))`.
-pub fn signature_valid(config: &WebhookConfig, body: &[u8], provided: Option<&str>) -> bool {
-    let Some(hex_digest) = provided
-        .map(str::trim)
-        .and_then(|p| p.strip_prefix(config.signature_prefix.as_str()))
-    else {
-        return false;
-    };
-    let Ok(digest) = hex::decode(hex_digest.trim()) else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(config.resolved_secret.trim().as_bytes())
-        .expect("HMAC takes any key length");
-    mac.update(body);
-    mac.verify_slice(&digest).is_ok()
 }
 
 /// Smithers' `readPathValue`: dotted path, numeric segments index arrays,
@@ -88,38 +73,87 @@ pub async fn handle(gateway: &Gateway, key: &str, headers: &HeaderMap, body: Byt
             format!("Webhook not configured for workflow: {key}"),
         );
     };
-    let provided = headers
-        .get(webhook.signature_header.to_ascii_lowercase().as_str())
-        .and_then(|v| v.to_str().ok());
-    if !signature_valid(webhook, &body, provided) {
-        gateway.metrics.webhook_rejected();
-        tracing::warn!(workflow = key, "webhook rejected: bad signature");
-        return reject(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "Webhook signature verification failed",
-        );
-    }
-    let payload: Value = match serde_json::from_slice(&body) {
-        Ok(payload) => payload,
-        Err(_) if body.is_empty() => Value::Object(Map::new()),
-        Err(e) => {
+    let delivery = match webhook_auth::verify(webhook, headers, &body, now_ms()) {
+        Ok(delivery) => delivery,
+        Err(refused) => {
             gateway.metrics.webhook_rejected();
+            tracing::warn!(workflow = key, reason = %refused, "webhook rejected");
             return reject(
-                StatusCode::BAD_REQUEST,
-                "INVALID_REQUEST",
-                format!("Webhook payload decode failed: {e}"),
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                refused.to_string(),
             );
         }
     };
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(payload) => payload,
+        Err(_) if body.is_empty() => Value::Object(Map::new()),
+        Err(_) => {
+            gateway.metrics.webhook_rejected();
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "INVALID_INPUT",
+                "Webhook payload must be valid JSON.",
+            );
+        }
+    };
+    let claim = Op::ClaimWebhookDelivery {
+        workflow_key: key.to_string(),
+        delivery_key: delivery.key.clone(),
+        expires_at_ms: delivery.expires_at_ms,
+    };
+    match gateway.engine.store().apply_unscoped(vec![claim]).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => {
+            gateway.metrics.webhook_rejected();
+            tracing::warn!(workflow = key, delivery = %delivery.key, "webhook delivery replayed; ignored");
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "ok": true, "workflow": key, "verified": true, "duplicate": true,
+                    "delivered": [], "matchedRunIds": [], "started": null,
+                }),
+            );
+        }
+        Err(e) => return super::internal_error(&e),
+    }
+    let outcome = act(gateway, key, workflow, webhook, &payload).await;
+    if let Err((_, true)) = &outcome {
+        // Nothing happened: let the sender's retry of this delivery through.
+        let release = Op::ReleaseWebhookDelivery {
+            workflow_key: key.to_string(),
+            delivery_key: delivery.key,
+        };
+        if let Err(e) = gateway.engine.store().apply_unscoped(vec![release]).await {
+            tracing::warn!(workflow = key, error = %e, "cannot forget a failed webhook delivery");
+        }
+    }
+    match outcome {
+        Ok(answer) => {
+            gateway.metrics.webhook_accepted();
+            json_response(StatusCode::OK, &answer).into_response()
+        }
+        Err((response, _)) => response,
+    }
+}
+
+/// Delivers the signal and/or starts the run of a verified, new delivery.
+/// On failure: the response, and whether nothing happened at all.
+async fn act(
+    gateway: &Gateway,
+    key: &str,
+    workflow: &Registered,
+    webhook: &WebhookConfig,
+    payload: &Value,
+) -> Result<Value, (Response, bool)> {
     let trigger = format!("webhook:{key}");
     let (identity, _) = Identity::system(&trigger);
     let mut delivered = Vec::new();
     let mut matched = Vec::new();
     if let Some(signal) = &webhook.signal {
-        let explicit = as_text(read_path(&payload, signal.run_id_path.as_deref()));
-        let correlation_id = as_text(read_path(&payload, signal.correlation_id_path.as_deref()));
-        let data = read_path(&payload, signal.payload_path.as_deref())
+        let explicit = as_text(read_path(payload, signal.run_id_path.as_deref()));
+        let correlation_id = as_text(read_path(payload, signal.correlation_id_path.as_deref()));
+        let data = read_path(payload, signal.payload_path.as_deref())
             .cloned()
             .unwrap_or(Value::Null);
         let (path, name) = (workflow.path.clone(), signal.name.clone());
@@ -127,11 +161,8 @@ pub async fn handle(gateway: &Gateway, key: &str, headers: &HeaderMap, body: Byt
             .engine
             .store()
             .read(move |r| r.runs_waiting_for_signal(&path, &name))
-            .await;
-        let waiting = match waiting {
-            Ok(waiting) => waiting,
-            Err(e) => return super::internal_error(&e),
-        };
+            .await
+            .map_err(|e| (super::internal_error(&e), true))?;
         matched = match explicit {
             Some(raw) => waiting
                 .into_iter()
@@ -159,31 +190,21 @@ pub async fn handle(gateway: &Gateway, key: &str, headers: &HeaderMap, body: Byt
     }
     let started = if delivered.is_empty() && webhook.runs_enabled() {
         let input_path = webhook.run.as_ref().and_then(|r| r.input_path.as_deref());
-        let input = match read_path(&payload, input_path) {
+        let input = match read_path(payload, input_path) {
             Some(Value::Object(map)) => Value::Object(map.clone()),
             _ => Value::Object(Map::new()),
         };
-        match gateway
+        gateway
             .start_run(key, input, identity.run_auth(&trigger), None, None)
             .await
-        {
-            Ok(run) => run,
-            Err(e) => {
-                return reject(e.status, e.code, e.message);
-            }
-        }
+            .map_err(|e| (reject(e.status, e.code, e.message), true))?
     } else {
         Value::Null
     };
-    gateway.metrics.webhook_accepted();
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "ok": true, "workflow": key, "verified": true, "delivered": delivered,
-            "matchedRunIds": matched, "started": started,
-        }),
-    )
-    .into_response()
+    Ok(json!({
+        "ok": true, "workflow": key, "verified": true, "delivered": delivered,
+        "matchedRunIds": matched, "started": started,
+    }))
 }
 
 async fn deliver(

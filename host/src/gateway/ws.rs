@@ -13,7 +13,8 @@
 //! data queue (run streams, broadcast events). A consumer that leaves the
 //! data queue full longer than `slow_consumer_ms` loses the stream
 //! (`run.error` `BackpressureDisconnect`) or, for broadcast events, the
-//! socket (close 1013). `streamRunEvents` follows the store from the
+//! socket (close 1013). An event reaches a connection only when its current
+//! identity may call the RPC that would return it (`events::readable_by`). `streamRunEvents` follows the store from the
 //! requested seq, so a client that reconnects with the last seq it saw gets
 //! every later event exactly once.
 
@@ -36,7 +37,9 @@ use super::events::map_event;
 use super::rpc::{
     self, API_VERSION, Caller, RpcCode, RpcError, response_error, response_ok, string_param,
 };
+use super::{bounds, events};
 use crate::engine::events::follow;
+use crate::http::listen::Peer;
 use crate::model::{RunId, now_ms};
 
 /// The protocol version spoken.
@@ -105,8 +108,14 @@ impl Conn {
     }
 }
 
-/// Serves one upgraded socket until it closes or the gateway stops.
-pub async fn serve(gateway: Arc<Gateway>, socket: WebSocket, headers: HeaderMap) {
+/// Serves one upgraded socket (from `peer`, with the upgrade request's
+/// `headers`) until it closes or the gateway stops.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    socket: WebSocket,
+    headers: HeaderMap,
+    peer: Option<Peer>,
+) {
     let (sink, mut incoming) = socket.split();
     let limits = &gateway.config.limits;
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -163,7 +172,7 @@ pub async fn serve(gateway: Arc<Gateway>, socket: WebSocket, headers: HeaderMap)
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
         };
-        if let Some(response) = handle_frame(&gateway, &conn, &headers, &text).await {
+        if let Some(response) = handle_frame(&gateway, &conn, (&headers, peer), &text).await {
             // Requests are answered in order; waiting here pushes back on a
             // client that sends faster than it reads.
             if conn.control.send(Out::Response(response)).await.is_err() {
@@ -243,32 +252,24 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+/// The upgrade request's headers and the connection's peer: what `connect`
+/// authenticates besides the frame's token.
+type Upgrade<'a> = (&'a HeaderMap, Option<Peer>);
+
 /// Handles one client frame; `None` when the response was already queued.
 async fn handle_frame(
     gateway: &Arc<Gateway>,
     conn: &Arc<Conn>,
-    headers: &HeaderMap,
+    upgrade: Upgrade<'_>,
     text: &str,
 ) -> Option<Value> {
-    let frame: Value = match serde_json::from_str(text) {
-        Ok(frame) => frame,
-        Err(e) => {
-            let error = RpcError::new(RpcCode::InvalidJson, format!("Invalid JSON: {e}"));
-            return Some(response_error("invalid", &error));
-        }
+    let (id, method, params) = match bounds::parse_request(text) {
+        Ok(request) => request,
+        Err((id, error)) => return Some(response_error(&id, &error)),
     };
-    let (Some("req"), Some(id), Some(method)) = (
-        frame.get("type").and_then(Value::as_str),
-        frame.get("id").and_then(Value::as_str),
-        frame.get("method").and_then(Value::as_str),
-    ) else {
-        let id = frame.get("id").and_then(Value::as_str).unwrap_or("invalid");
-        let error = RpcError::invalid("a request frame is {type: \"req\", id, method, params}");
-        return Some(response_error(id, &error));
-    };
-    let params = frame.get("params").cloned().unwrap_or(Value::Null);
+    let (id, method) = (id.as_str(), method.as_str());
     if method == "connect" {
-        return Some(match connect(gateway, conn, headers, &params).await {
+        return Some(match connect(gateway, conn, upgrade, &params).await {
             Ok(hello) => response_ok(id, hello),
             Err(error) => {
                 let response = response_error(id, &error);
@@ -308,7 +309,7 @@ async fn handle_frame(
 async fn connect(
     gateway: &Arc<Gateway>,
     conn: &Arc<Conn>,
-    headers: &HeaderMap,
+    (headers, peer): Upgrade<'_>,
     params: &Value,
 ) -> Result<Value, RpcError> {
     if !params.is_object() {
@@ -337,7 +338,7 @@ async fn connect(
         .get("auth")
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str);
-    let identity = gateway.auth().authenticate(headers, token)?;
+    let identity = gateway.auth().authenticate(headers, peer, token)?;
     if !conn.counted.load(Ordering::SeqCst) {
         if !gateway.connection_opened() {
             return Err(RpcError::new(
@@ -371,7 +372,7 @@ async fn connect(
             "userId": identity.user_id,
             "tokenId": identity.token_id,
         },
-        "snapshot": gateway.snapshot().await?,
+        "snapshot": gateway.snapshot(&identity).await?,
     }))
 }
 
@@ -405,6 +406,14 @@ fn start_connection_tasks(gateway: &Arc<Gateway>, conn: &Arc<Conn>) {
                 }
                 Err(_) => return,
             };
+            // The same read check as the RPC that would return the event
+            // (its identity can change with a later `connect`).
+            if !conn
+                .identity()
+                .is_some_and(|identity| events::readable_by(&identity, &event.event))
+            {
+                continue;
+            }
             if let Some(run_id) = &event.run_id {
                 let wanted = conn
                     .subscribed
@@ -503,6 +512,13 @@ async fn stream_run_events(
     Ok(())
 }
 
+/// Whether the connection's current identity may still read its streams
+/// (checked per frame: a later `connect` may have changed the identity).
+fn may_stream(conn: &Conn) -> bool {
+    conn.identity()
+        .is_some_and(|identity| identity.may_call("streamRunEvents"))
+}
+
 async fn run_stream(
     gateway: Arc<Gateway>,
     conn: Arc<Conn>,
@@ -521,7 +537,9 @@ async fn run_stream(
         )
     };
     let mut slow = false;
-    if let Some((from_seq, to_seq)) = gap {
+    if let Some((from_seq, to_seq)) = gap
+        && may_stream(&conn)
+    {
         let snapshot = gateway.run_snapshot(&run_id).await.unwrap_or(Value::Null);
         let frame = event(
             "run.gap_resync",
@@ -544,6 +562,11 @@ async fn run_stream(
                 })));
             }
             next = events.next() => match next {
+                Some(Ok(_)) if !may_stream(&conn) => {
+                    let refused = RpcError::missing_scope("streamRunEvents");
+                    conn.control(stream_error(refused.code, refused.message));
+                    break;
+                }
                 Some(Ok(stored)) => {
                     let (name, payload) = map_event(&stored);
                     let frame = event("run.event", json!({

@@ -16,6 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
+use tower_http::add_extension::AddExtension;
 
 use super::HEADER_READ_TIMEOUT;
 
@@ -28,6 +29,17 @@ pub enum Listener {
     Tcp(TcpListener),
     /// A Unix socket, removed when the loop ends.
     Unix(UnixListener, PathBuf),
+}
+
+/// Who is on the other end of a connection, put into every request's
+/// extensions: the gateway's trusted-proxy mode trusts identity headers by
+/// this address, never by a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A Unix-socket peer (no address).
+    Unix,
 }
 
 enum Accepted {
@@ -58,10 +70,10 @@ pub async fn accept_until(
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                serve_connection(&builder, &graceful, &router, stream, Some(peer));
+                serve_connection(&builder, &graceful, &router, stream, Peer::Tcp(peer));
             }
             Ok(Accepted::Unix(stream)) => {
-                serve_connection(&builder, &graceful, &router, stream, None)
+                serve_connection(&builder, &graceful, &router, stream, Peer::Unix)
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -96,11 +108,11 @@ fn serve_connection<S>(
     graceful: &GracefulShutdown,
     router: &Router,
     stream: S,
-    peer: Option<SocketAddr>,
+    peer: Peer,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router.clone());
+    let service = TowerToHyperService::new(AddExtension::new(router.clone(), peer));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let connection = graceful.watch(connection.into_owned());
     tokio::spawn(async move {

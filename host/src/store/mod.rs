@@ -290,6 +290,25 @@ pub enum Op {
         /// Why the fire failed.
         error_json: Option<String>,
     },
+    /// Records a webhook delivery as accepted until `expires_at_ms`, after
+    /// pruning the expired ones. `Conflict` when the same delivery is
+    /// already recorded (a replay). Touches no run.
+    ClaimWebhookDelivery {
+        /// Registered workflow key.
+        workflow_key: String,
+        /// What identifies the delivery.
+        delivery_key: String,
+        /// Until when a replay of it must be refused.
+        expires_at_ms: i64,
+    },
+    /// Forgets a claimed delivery whose processing failed, so the sender's
+    /// retry is processed. Touches no run.
+    ReleaseWebhookDelivery {
+        /// Registered workflow key.
+        workflow_key: String,
+        /// What identifies the delivery.
+        delivery_key: String,
+    },
 }
 
 /// A node row change. `None` fields keep their stored value.
@@ -456,7 +475,7 @@ impl Store {
     }
 
     /// Applies ops that touch no single run and emit no events (gateway
-    /// schedules), in one transaction.
+    /// schedules and webhook deliveries), in one transaction.
     pub async fn apply_unscoped(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         // As for the heartbeat, the commit's run id is only a label.
         let label = RunId::parse("unscoped").expect("valid label");
@@ -518,6 +537,48 @@ fn decode_json(raw: &str) -> Result<Value, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_webhook_delivery_is_claimed_once_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite"), Durability::Normal).unwrap();
+        let claim = |key: &str, expires_at_ms: i64| {
+            store.apply_unscoped(vec![Op::ClaimWebhookDelivery {
+                workflow_key: "hook".into(),
+                delivery_key: key.into(),
+                expires_at_ms,
+            }])
+        };
+        let later = crate::model::now_ms() + 60_000;
+        claim("id:a", later).await.unwrap();
+        assert!(matches!(
+            claim("id:a", later).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Another workflow's delivery of the same id is another delivery.
+        store
+            .apply_unscoped(vec![Op::ClaimWebhookDelivery {
+                workflow_key: "other".into(),
+                delivery_key: "id:a".into(),
+                expires_at_ms: later,
+            }])
+            .await
+            .unwrap();
+        // An expired claim is pruned by the next claim, so the table holds
+        // only live ones (the timestamp check refuses expired deliveries).
+        claim("id:old", 1).await.unwrap();
+        claim("id:old", 1).await.unwrap();
+        // A released claim (its processing failed) can be claimed again.
+        store
+            .apply_unscoped(vec![Op::ReleaseWebhookDelivery {
+                workflow_key: "hook".into(),
+                delivery_key: "id:a".into(),
+            }])
+            .await
+            .unwrap();
+        claim("id:a", later).await.unwrap();
+        store.close();
+    }
 
     fn sqlite_error(code: std::ffi::c_int) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)

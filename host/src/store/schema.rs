@@ -12,6 +12,10 @@ use crate::model::now_ms;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("init", include_str!("migrations/V1__init.sql")),
     ("gateway", include_str!("migrations/V2__gateway.sql")),
+    (
+        "webhook_deliveries",
+        include_str!("migrations/V3__webhook_deliveries.sql"),
+    ),
 ];
 
 /// Opens the read-write connection and brings the schema up to date.

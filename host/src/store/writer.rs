@@ -581,6 +581,35 @@ fn apply_op(
                 )));
             }
         }
+        Op::ClaimWebhookDelivery {
+            workflow_key,
+            delivery_key,
+            expires_at_ms,
+        } => {
+            tx.prepare_cached("DELETE FROM gateway_webhook_deliveries WHERE expires_at_ms <= ?1")?
+                .execute([now])?;
+            let claimed = tx
+                .prepare_cached(
+                    "INSERT INTO gateway_webhook_deliveries
+                        (workflow_key, delivery_key, received_at_ms, expires_at_ms)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![workflow_key, delivery_key, now, expires_at_ms])?;
+            if claimed == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "webhook delivery {delivery_key} of {workflow_key} was already accepted"
+                )));
+            }
+        }
+        Op::ReleaseWebhookDelivery {
+            workflow_key,
+            delivery_key,
+        } => {
+            tx.execute(
+                "DELETE FROM gateway_webhook_deliveries WHERE workflow_key = ?1 AND delivery_key = ?2",
+                params![workflow_key, delivery_key],
+            )?;
+        }
     }
     Ok(())
 }
