@@ -102,7 +102,7 @@ async fn observe(
         .to_string();
     let response = next.run(request).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    metrics.record_http(method.as_str(), &route, response.status().as_u16(), ms);
+    metrics.record_http(&method, &route, response.status().as_u16(), ms);
     response
 }
 

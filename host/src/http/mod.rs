@@ -51,6 +51,8 @@ use crate::sandbox::SandboxStatus;
 
 /// How long a client may take to send the request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest prefix of a request path written to the debug log.
+const LOGGED_PATH_CHARS: usize = 200;
 
 /// How the server listens and whom it serves.
 #[derive(Debug, Clone)]
@@ -232,12 +234,19 @@ async fn observe(State(metrics): State<Arc<Metrics>>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let path = request.uri().path().to_string();
+    // The path is the client's: log a bounded prefix of it.
+    let path: String = request
+        .uri()
+        .path()
+        .chars()
+        .take(LOGGED_PATH_CHARS)
+        .collect();
     let response = next.run(request).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
-    metrics.record_http(method.as_str(), &route, status, ms);
-    tracing::debug!(%method, %path, %route, status, ms, "request");
+    metrics.record_http(&method, &route, status, ms);
+    let method = metrics::method_label(&method);
+    tracing::debug!(method, %path, %route, status, ms, "request");
     response
 }
 
