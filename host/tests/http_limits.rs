@@ -1,23 +1,36 @@
 //! Denial of service over the network, against the real binary: metric
-//! labels from a closed set. Every bound is checked on the host side: its
-//! `/metrics` text and its peak RSS.
+//! labels from a closed set, idle/slow/partial connections cut after the
+//! idle timeout (HTTP/1 and h2c), and the global connection limit (the
+//! host's descriptors stay bounded and `/health` keeps answering). Every
+//! bound is checked on the host side: its open descriptors
+//! (`/proc/<pid>/fd`), its peak RSS, its `/metrics` text.
 
 mod common;
 mod gateway_support;
 mod http_support;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use http_support::{Options, Server};
 
+/// The HTTP/2 connection preface a prior-knowledge (h2c) client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame: length 0, type 4, flags 0, stream 0.
+const H2_EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
 /// Methods a metric label may name.
 const METHOD_LABELS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
 ];
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
 
 /// A `/proc/<pid>/status` field in KiB (`VmHWM`, `VmRSS`).
 fn status_kib(pid: i32, field: &str) -> u64 {
@@ -30,8 +43,71 @@ fn status_kib(pid: i32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The largest descriptor count seen over `window` (accepts and closes are
+/// asynchronous, so one sample could miss a peak).
+async fn peak_fds(pid: i32, window: Duration) -> usize {
+    let until = Instant::now() + window;
+    let mut peak = 0;
+    while Instant::now() < until {
+        peak = peak.max(open_fds(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peak
+}
+
+/// Waits (bounded) until the host holds at most `max` descriptors.
+async fn fds_drop_to(pid: i32, max: usize, limit: Duration) -> usize {
+    let until = Instant::now() + limit;
+    loop {
+        let now = open_fds(pid);
+        if now <= max || Instant::now() > until {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// True when the peer closed `stream` within `limit`; with `trickle`, one
+/// byte of it is written every 300 ms meanwhile (a slowloris client).
+async fn closed_within(stream: &mut TcpStream, limit: Duration, trickle: Option<&[u8]>) -> bool {
+    let until = Instant::now() + limit;
+    let mut next = 0;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        let wait = until
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(300));
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => {}
+        }
+        if let Some(bytes) = trickle {
+            let byte = [bytes[next % bytes.len()]];
+            next += 1;
+            if stream.write_all(&byte).await.is_err() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 async fn connect(addr: &str) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
+}
+
+/// `GET /health` over a fresh connection (bounded); its status.
+async fn health(base: &str) -> u16 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    match client.get(format!("{base}/health")).send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(e) => panic!("/health did not answer: {e}"),
+    }
 }
 
 /// The values of `label` over every sample line of `text`.
@@ -174,4 +250,188 @@ async fn gateway_metric_labels_stay_in_a_closed_set() {
         "{} route values",
         routes.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_slow_and_partial_connections_are_cut_after_the_idle_timeout() {
+    let server = Server::with(Options {
+        extra_args: vec!["--idle-timeout-secs".into(), "1".into()],
+        ..Options::default()
+    });
+    let pid = server.pid();
+    assert_eq!(health(&server.base).await, 200);
+    let baseline = fds_drop_to(pid, 0, Duration::from_millis(500)).await;
+
+    let addr = server.addr.as_str();
+    let mut silent = connect(addr).await;
+    let mut partial_line = connect(addr).await;
+    partial_line.write_all(b"GET /health HT").await.unwrap();
+    let mut slowloris = connect(addr).await;
+    slowloris
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let mut h2_partial_preface = connect(addr).await;
+    h2_partial_preface
+        .write_all(&H2_PREFACE[..10])
+        .await
+        .unwrap();
+    let mut h2_partial_frame = connect(addr).await;
+    h2_partial_frame.write_all(H2_PREFACE).await.unwrap();
+    h2_partial_frame
+        .write_all(&H2_EMPTY_SETTINGS[..5])
+        .await
+        .unwrap();
+    let mut h2_no_stream = connect(addr).await;
+    h2_no_stream.write_all(H2_PREFACE).await.unwrap();
+    h2_no_stream.write_all(&H2_EMPTY_SETTINGS).await.unwrap();
+    let mut keep_alive = connect(addr).await;
+    keep_alive
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    keep_alive.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let opened = open_fds(pid);
+    assert!(opened >= baseline + 7, "{opened} fds, baseline {baseline}");
+
+    let limit = Duration::from_secs(10);
+    assert!(closed_within(&mut silent, limit, None).await, "silent");
+    assert!(
+        closed_within(&mut partial_line, limit, None).await,
+        "partial request line"
+    );
+    assert!(
+        closed_within(&mut slowloris, limit, Some(b"X-Slow: y\r\n")).await,
+        "slowloris headers"
+    );
+    assert!(
+        closed_within(&mut h2_partial_preface, limit, None).await,
+        "partial h2c preface"
+    );
+    assert!(
+        closed_within(&mut h2_partial_frame, limit, None).await,
+        "h2c partial SETTINGS frame"
+    );
+    assert!(
+        closed_within(&mut h2_no_stream, limit, None).await,
+        "h2c connection without a stream"
+    );
+    assert!(
+        closed_within(&mut keep_alive, limit, None).await,
+        "idle keep-alive"
+    );
+    let after = fds_drop_to(pid, baseline, Duration::from_secs(5)).await;
+    assert!(after <= baseline, "{after} fds left, baseline {baseline}");
+    assert_eq!(health(&server.base).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_responses_is_cut_after_the_idle_timeout() {
+    let server = Server::with(Options {
+        extra_args: vec!["--idle-timeout-secs".into(), "1".into()],
+        ..Options::default()
+    });
+    let pid = server.pid();
+    assert_eq!(health(&server.base).await, 200);
+    let baseline = fds_drop_to(pid, 0, Duration::from_millis(500)).await;
+
+    // 300 pipelined requests for a 50 KB document, and a small receive
+    // buffer that is never read: the host's writes stall for good, with a
+    // request in flight the whole time.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr.parse().unwrap()).await.unwrap();
+    let request = "GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(300);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let held = peak_fds(pid, Duration::from_millis(300)).await;
+    assert!(
+        held > baseline,
+        "the connection is open ({held} fds, baseline {baseline})"
+    );
+
+    let after = fds_drop_to(pid, baseline, Duration::from_secs(15)).await;
+    assert!(
+        after <= baseline,
+        "the stalled connection is still held: {after} fds, baseline {baseline}"
+    );
+    assert_eq!(health(&server.base).await, 200);
+    drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_beyond_the_connection_limit_keep_fds_bounded_and_health_answers() {
+    let server = Server::with(Options {
+        extra_args: vec![
+            "--max-connections".into(),
+            "64".into(),
+            "--idle-timeout-secs".into(),
+            "60".into(),
+        ],
+        ..Options::default()
+    });
+    let pid = server.pid();
+    assert_eq!(health(&server.base).await, 200);
+    let baseline = fds_drop_to(pid, 0, Duration::from_millis(500)).await;
+
+    let mut sockets = Vec::new();
+    for _ in 0..200 {
+        sockets.push(connect(&server.addr).await);
+    }
+    let peak = peak_fds(pid, Duration::from_secs(1)).await;
+    assert!(
+        peak <= baseline + 64 + 8,
+        "200 idle sockets: {peak} fds in the host (baseline {baseline}, limit 64)"
+    );
+    // A fresh client still gets an answer: the longest-idle socket makes room.
+    assert_eq!(health(&server.base).await, 200);
+    assert!(peak_fds(pid, Duration::from_millis(300)).await <= baseline + 64 + 8);
+    let mut closed = 0;
+    for socket in &mut sockets {
+        if closed_within(socket, Duration::from_millis(50), None).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 200 - 64,
+        "only {closed} of 200 idle sockets were closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_bounds_connections_and_cuts_idle_and_partial_ones() {
+    let gw = gateway_support::Gateway::start(
+        "[listen]\nport = 0\n[limits]\nmax_connections = 8\n\
+         max_open_connections = 64\nidle_timeout_ms = 1000\n",
+        &[],
+    );
+    let pid = gw.pid();
+    assert_eq!(health(&gw.base).await, 200);
+    let baseline = fds_drop_to(pid, 0, Duration::from_millis(500)).await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+
+    let mut sockets = Vec::new();
+    for i in 0..200 {
+        let mut socket = connect(&addr).await;
+        if i % 3 == 0 {
+            socket.write_all(H2_PREFACE).await.unwrap();
+            socket.write_all(&H2_EMPTY_SETTINGS[..4]).await.unwrap();
+        }
+        sockets.push(socket);
+    }
+    let peak = peak_fds(pid, Duration::from_millis(500)).await;
+    assert!(
+        peak <= baseline + 64 + 8,
+        "200 sockets: {peak} fds in the gateway (baseline {baseline}, limit 64)"
+    );
+    assert_eq!(health(&gw.base).await, 200);
+    for (i, socket) in sockets.iter_mut().enumerate() {
+        assert!(
+            closed_within(socket, Duration::from_secs(10), None).await,
+            "socket {i} still open after the idle timeout"
+        );
+    }
+    let after = fds_drop_to(pid, baseline, Duration::from_secs(5)).await;
+    assert!(after <= baseline, "{after} fds left, baseline {baseline}");
 }

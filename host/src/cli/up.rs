@@ -54,7 +54,15 @@ pub async fn up(config: AppConfig, server: ServerConfig, args: UpArgs) -> u8 {
     let router = http::serve::router(state.clone(), server.access_policy(), run_id.clone());
     tracing::info!(run = %run_id, "serving one run");
     println!("smithers-host serving run {run_id}");
-    http::run(app, listener, router, &state, shutdown_signal()).await;
+    http::run(
+        app,
+        listener,
+        router,
+        &state,
+        server.connections,
+        shutdown_signal(),
+    )
+    .await;
     EXIT_FINISHED
 }
 

@@ -23,6 +23,7 @@ use super::config::{GatewayConfig, bind_host};
 use super::rpc::{self, Caller, RpcCode, RpcError, response_error, response_ok};
 use super::{Gateway, cron, events, webhook, ws};
 use crate::app::App;
+use crate::http::connections::ConnectionLimits;
 use crate::http::error::json_response;
 use crate::http::extract::parse_json;
 use crate::http::listen::{Listener, accept_until};
@@ -403,7 +404,12 @@ pub async fn serve(
     }
     announce(&url, &gateway);
     let router = router(gateway.clone());
-    accept_until(listener, router, shutdown, &gateway.shutdown).await;
+    let limits = &gateway.config.limits;
+    let connections = ConnectionLimits {
+        idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+        max_connections: limits.max_open_connections,
+    };
+    accept_until(listener, router, connections, shutdown, &gateway.shutdown).await;
     app.close().await;
     tracing::info!("gateway stopped");
     Ok(())

@@ -7,12 +7,15 @@
 //! `approvals` and `events` hold the handlers; `extract` the body and query
 //! parsing; `auth` the token and Host/Origin checks; `error` the envelope;
 //! `metrics` the Prometheus text; `ops` `/health`, `/metrics` and fallbacks;
+//! `listen` the accept loop, `connections` the connection limit and idle
+//! timeout;
 //! `serve` the single-run routes of serve mode (`smithers-host up --serve`),
 //! built from the same handlers. [`serve()`] binds, recovers interrupted runs
 //! and serves until shutdown.
 
 pub mod approvals;
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -27,7 +30,7 @@ pub mod workflows;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{FromRef, MatchedPath, Request, State};
@@ -42,6 +45,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use self::auth::AccessPolicy;
+use self::connections::ConnectionLimits;
 use self::error::ApiError;
 use self::extract::BodyLimits;
 use self::metrics::Metrics;
@@ -49,8 +53,6 @@ use crate::app::App;
 use crate::engine::Engine;
 use crate::sandbox::SandboxStatus;
 
-/// How long a client may take to send the request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest prefix of a request path written to the debug log.
 const LOGGED_PATH_CHARS: usize = 200;
 
@@ -69,6 +71,8 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// `SMITHERS_SERVER_TRUST_ANY_HOST`: drop the Host/Origin gate only.
     pub trust_any_host: bool,
+    /// Connection limit and idle timeout.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             insecure: false,
             trust_any_host: false,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -93,6 +98,9 @@ pub enum ServeError {
          Set --auth-token (or SMITHERS_API_KEY), bind 127.0.0.1, or pass --insecure"
     )]
     InsecureBind(String),
+    /// A limit is zero.
+    #[error("{0}")]
+    InvalidLimit(String),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -104,11 +112,18 @@ pub enum ServeError {
 }
 
 impl ServerConfig {
-    /// Refuses an unauthenticated bind beyond loopback unless `insecure`.
+    /// Refuses an unauthenticated bind beyond loopback unless `insecure`,
+    /// and limits that would lock every client out.
     pub fn validate(&self) -> Result<(), ServeError> {
         let token = self.auth_token.as_deref().is_some_and(|t| !t.is_empty());
         if !auth::is_loopback_host(bind_host(&self.host)) && !token && !self.insecure {
             return Err(ServeError::InsecureBind(self.host.clone()));
+        }
+        let connections = &self.connections;
+        if connections.idle_timeout.is_zero() || connections.max_connections == 0 {
+            return Err(ServeError::InvalidLimit(
+                "--idle-timeout-secs and --max-connections must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -271,7 +286,7 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
     }
     let router = router(state.clone(), config.access_policy());
-    run(app, listener, router, &state, shutdown).await;
+    run(app, listener, router, &state, config.connections, shutdown).await;
     Ok(())
 }
 
@@ -292,6 +307,7 @@ pub async fn run(
     listener: TcpListener,
     router: Router,
     state: &ApiState,
+    connections: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -300,6 +316,7 @@ pub async fn run(
     listen::accept_until(
         listen::Listener::Tcp(listener),
         router,
+        connections,
         shutdown,
         &state.shutdown,
     )
