@@ -1,9 +1,10 @@
 //! Denial of service over the network, against the real binary: metric
 //! labels from a closed set, idle/slow/partial connections cut after the
-//! idle timeout (HTTP/1 and h2c), and the global connection limit (the
-//! host's descriptors stay bounded and `/health` keeps answering). Every
-//! bound is checked on the host side: its open descriptors
-//! (`/proc/<pid>/fd`), its peak RSS, its `/metrics` text.
+//! idle timeout (HTTP/1 and h2c), the global connection limit (the host's
+//! descriptors stay bounded and `/health` keeps answering), and subscriber
+//! limits (SSE in server and serve mode, WebSockets per token in the
+//! gateway). Every bound is checked on the host side: its open descriptors
+//! (`/proc/<pid>/fd`), its peak RSS, its `/metrics` text and gauges.
 
 mod common;
 mod gateway_support;
@@ -12,6 +13,7 @@ mod http_support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -366,6 +368,8 @@ async fn idle_sockets_beyond_the_connection_limit_keep_fds_bounded_and_health_an
         extra_args: vec![
             "--max-connections".into(),
             "64".into(),
+            "--max-sse-subscribers".into(),
+            "16".into(),
             "--idle-timeout-secs".into(),
             "60".into(),
         ],
@@ -434,4 +438,171 @@ async fn the_gateway_bounds_connections_and_cuts_idle_and_partial_ones() {
     }
     let after = fds_drop_to(pid, baseline, Duration::from_secs(5)).await;
     assert!(after <= baseline, "{after} fds left, baseline {baseline}");
+}
+
+/// Opens `GET path` as an SSE stream from `local` (a loopback address).
+async fn open_stream(
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    local: [u8; 4],
+) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(local))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut request = client.get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn refused(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 429);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "TOO_MANY_STREAMS", "{body}");
+    body
+}
+
+fn gauge(text: &str, name: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_subscribers_beyond_the_client_and_global_limits_get_429() {
+    let server = Server::with(Options {
+        token: Some("sse-secret".into()),
+        install: vec!["example-approval".into()],
+        extra_args: vec![
+            "--max-sse-subscribers".into(),
+            "3".into(),
+            "--max-sse-per-client".into(),
+            "2".into(),
+        ],
+        ..Options::default()
+    });
+    let run = server
+        .start_run("example-approval.wasm", json!({ "target": "prod" }))
+        .await;
+    server.wait_status(&run, "waiting-approval").await;
+    let path = format!("/v1/runs/{run}/events");
+    let token = Some("sse-secret");
+    let a = [127, 0, 0, 1];
+    let b = [127, 0, 0, 2];
+
+    let first = open_stream(&server.base, &path, token, a).await;
+    assert_eq!(first.status(), 200);
+    let second = open_stream(&server.base, &path, token, a).await;
+    assert_eq!(second.status(), 200);
+    let body = refused(open_stream(&server.base, &path, token, a).await).await;
+    assert_eq!(body["error"]["details"]["limit"], 2, "{body}");
+    let third = open_stream(&server.base, &path, token, b).await;
+    assert_eq!(third.status(), 200, "another client still has room");
+    let body = refused(open_stream(&server.base, &path, token, b).await).await;
+    assert_eq!(body["error"]["details"]["limit"], 3, "{body}");
+
+    // Host side: exactly three streams are held open.
+    let (code, metrics) = server.get("/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        gauge(metrics.as_str().unwrap(), "smithers_sse_subscribers"),
+        3
+    );
+
+    // A subscriber that leaves frees its slot.
+    drop(first);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let again = open_stream(&server.base, &path, token, a).await;
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(Instant::now() < until, "the slot was never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((second, third));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_mode_refuses_sse_subscribers_beyond_the_limit() {
+    let server = Server::with(Options {
+        install: vec!["example-approval".into()],
+        extra_args: vec![
+            "up".into(),
+            "{root}/example-approval.wasm".into(),
+            "--serve".into(),
+            "--input".into(),
+            json!({ "target": "prod" }).to_string(),
+            "--max-sse-subscribers".into(),
+            "1".into(),
+        ],
+        ..Options::default()
+    });
+    let first = open_stream(&server.base, "/events", None, [127, 0, 0, 1]).await;
+    assert_eq!(first.status(), 200);
+    let body = refused(open_stream(&server.base, "/events", None, [127, 0, 0, 2]).await).await;
+    assert_eq!(body["error"]["details"]["limit"], 1, "{body}");
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_websockets_beyond_the_per_token_limit_are_refused() {
+    let gw = gateway_support::Gateway::start(
+        "[listen]\nport = 0\n[limits]\nmax_connections_per_token = 2\n\
+         [auth]\nmode = \"token\"\n\
+         [auth.tokens.token-a]\nrole = \"operator\"\nscopes = [\"*\"]\n\
+         [auth.tokens.token-b]\nrole = \"operator\"\nscopes = [\"*\"]\n",
+        &[],
+    );
+    let (first, _) = gw.connect(Some("token-a")).await;
+    let (_second, _) = gw.connect(Some("token-a")).await;
+    let mut third = gateway_support::Ws::open(&gw.ws_url()).await;
+    let refusal = third
+        .connect(Some("token-a"), None)
+        .await
+        .expect_err("a third socket for token-a is refused");
+    assert_eq!(refusal["error"]["code"], "CONNECTION_LIMIT", "{refusal}");
+    assert!(
+        third.next_frame().await.is_none(),
+        "the refused socket is closed"
+    );
+    let (_other, _) = gw.connect(Some("token-b")).await;
+
+    // Host side: the refused socket is gone, the three accepted stay.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = gw
+            .client
+            .get(gw.url("/metrics"))
+            .bearer_auth("token-b")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if gauge(&text, "smithers_gateway_connections_active") == 3 {
+            break;
+        }
+        assert!(Instant::now() < until, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Closing one frees its slot for the same token.
+    drop(first);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ws = gateway_support::Ws::open(&gw.ws_url()).await;
+        if ws.connect(Some("token-a"), None).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < until, "token-a never got its slot back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::{App, AppConfig};
 use crate::http::connections::ConnectionLimits;
+use crate::http::subscribers::StreamLimits;
 use crate::http::{self, ServerConfig};
 use crate::store::Durability;
 
@@ -75,6 +76,13 @@ pub struct ServerArgs {
     /// the longest (or is closed when every one is busy).
     #[arg(long, global = true, default_value_t = 4096)]
     pub max_connections: usize,
+    /// Most open SSE event streams (must be below --max-connections);
+    /// beyond it, 429 TOO_MANY_STREAMS.
+    #[arg(long, global = true, default_value_t = 1024)]
+    pub max_sse_subscribers: usize,
+    /// Most open SSE event streams from one client address.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub max_sse_per_client: usize,
     /// Do not watch the root dir for changed `.wasm` files to precompile.
     #[arg(long, global = true)]
     pub no_watch: bool,
@@ -98,6 +106,10 @@ impl ServerArgs {
             connections: ConnectionLimits {
                 idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
                 max_connections: self.max_connections,
+            },
+            streams: StreamLimits {
+                max_total: self.max_sse_subscribers,
+                max_per_client: self.max_sse_per_client,
             },
         }
     }

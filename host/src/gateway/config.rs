@@ -131,6 +131,10 @@ pub struct LimitsConfig {
     /// Time a new WebSocket has to send a successful `connect`.
     #[serde(default = "default_auth_deadline_ms")]
     pub auth_deadline_ms: u64,
+    /// Authenticated WebSockets of one token (or user); beyond it `connect`
+    /// is refused with `CONNECTION_LIMIT`.
+    #[serde(default = "default_max_connections_per_token")]
+    pub max_connections_per_token: usize,
     /// Every open connection (HTTP, WebSockets); must exceed `max_connections`.
     #[serde(default = "default_max_open_connections")]
     pub max_open_connections: usize,
@@ -138,6 +142,10 @@ pub struct LimitsConfig {
     /// milliseconds (WebSockets excepted: they have `auth_deadline_ms`).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+}
+
+fn default_max_connections_per_token() -> usize {
+    100
 }
 
 fn default_max_open_connections() -> usize {
@@ -182,6 +190,7 @@ impl Default for LimitsConfig {
             max_queued_frames: default_queue_frames(),
             slow_consumer_ms: default_slow_consumer_ms(),
             auth_deadline_ms: default_auth_deadline_ms(),
+            max_connections_per_token: default_max_connections_per_token(),
             max_open_connections: default_max_open_connections(),
             idle_timeout_ms: default_idle_timeout_ms(),
         }
@@ -471,6 +480,7 @@ impl GatewayConfig {
             || limits.max_queued_frames == 0
             || limits.slow_consumer_ms == 0
             || limits.auth_deadline_ms == 0
+            || limits.max_connections_per_token == 0
             || limits.idle_timeout_ms == 0
         {
             return Err(ConfigError::Invalid(
@@ -587,6 +597,7 @@ mod tests {
             "[limits]\nmax_open_connections = 1000\n",
             "[limits]\nmax_connections = 10\nmax_open_connections = 5\n",
             "[limits]\nidle_timeout_ms = 0\n",
+            "[limits]\nmax_connections_per_token = 0\n",
         ] {
             assert!(GatewayConfig::parse(bad).is_err(), "{bad}");
         }

@@ -334,7 +334,9 @@ fn fit_to_fd_limit(wanted: usize) -> usize {
             wanted,
             allowed = room,
             rlimit_nofile = soft,
-            "the connection limit exceeds what the descriptor limit can hold; lowered"
+            "the connection limit exceeds what the descriptor limit can hold; lowered. \
+             Raise the hard RLIMIT_NOFILE, or lower the connection limit (and keep the \
+             stream limits below it)"
         );
         return room;
     }

@@ -8,7 +8,7 @@
 //! parsing; `auth` the token and Host/Origin checks; `error` the envelope;
 //! `metrics` the Prometheus text; `ops` `/health`, `/metrics` and fallbacks;
 //! `listen` the accept loop, `connections` the connection limit and idle
-//! timeout;
+//! timeout, `subscribers` the SSE stream limits;
 //! `serve` the single-run routes of serve mode (`smithers-host up --serve`),
 //! built from the same handlers. [`serve()`] binds, recovers interrupted runs
 //! and serves until shutdown.
@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod ops;
 pub mod runs;
 pub mod serve;
+pub mod subscribers;
 pub mod workflows;
 
 use std::future::Future;
@@ -49,6 +50,7 @@ use self::connections::ConnectionLimits;
 use self::error::ApiError;
 use self::extract::BodyLimits;
 use self::metrics::Metrics;
+use self::subscribers::{StreamLimits, Subscribers};
 use crate::app::App;
 use crate::engine::Engine;
 use crate::sandbox::SandboxStatus;
@@ -73,6 +75,8 @@ pub struct ServerConfig {
     pub trust_any_host: bool,
     /// Connection limit and idle timeout.
     pub connections: ConnectionLimits,
+    /// SSE stream limits.
+    pub streams: StreamLimits,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
             insecure: false,
             trust_any_host: false,
             connections: ConnectionLimits::default(),
+            streams: StreamLimits::default(),
         }
     }
 }
@@ -98,7 +103,7 @@ pub enum ServeError {
          Set --auth-token (or SMITHERS_API_KEY), bind 127.0.0.1, or pass --insecure"
     )]
     InsecureBind(String),
-    /// A limit is zero.
+    /// A limit is zero, or the streams could take every connection.
     #[error("{0}")]
     InvalidLimit(String),
     /// The address cannot be bound.
@@ -119,11 +124,26 @@ impl ServerConfig {
         if !auth::is_loopback_host(bind_host(&self.host)) && !token && !self.insecure {
             return Err(ServeError::InsecureBind(self.host.clone()));
         }
-        let connections = &self.connections;
-        if connections.idle_timeout.is_zero() || connections.max_connections == 0 {
+        let (connections, streams) = (&self.connections, &self.streams);
+        if connections.idle_timeout.is_zero()
+            || connections.max_connections == 0
+            || streams.max_total == 0
+            || streams.max_per_client == 0
+        {
             return Err(ServeError::InvalidLimit(
-                "--idle-timeout-secs and --max-connections must be positive".into(),
+                "--idle-timeout-secs, --max-connections, --max-sse-subscribers and \
+                 --max-sse-per-client must be positive"
+                    .into(),
             ));
+        }
+        // Open streams keep their connections busy; if they could take every
+        // one, nothing (not even /health) would get in.
+        if streams.max_total >= connections.max_connections {
+            return Err(ServeError::InvalidLimit(format!(
+                "--max-sse-subscribers ({}) must be below --max-connections ({}), \
+                 or open streams could take every connection",
+                streams.max_total, connections.max_connections
+            )));
         }
         Ok(())
     }
@@ -148,19 +168,22 @@ pub struct ApiState {
     pub sandbox: Arc<RwLock<Option<SandboxStatus>>>,
     /// Cancelled at shutdown: ends SSE streams so the drain completes.
     pub shutdown: CancellationToken,
+    /// Open SSE streams and their limits.
+    pub streams: Arc<Subscribers>,
 }
 
 impl ApiState {
-    /// State for an engine, with fresh metrics.
-    pub fn new(engine: Engine, max_body_bytes: usize) -> Self {
+    /// State for an engine served with `config`'s limits, with fresh metrics.
+    pub fn new(engine: Engine, config: &ServerConfig) -> Self {
         Self {
             engine,
             metrics: Arc::new(Metrics::default()),
             limits: BodyLimits {
-                max_bytes: max_body_bytes,
+                max_bytes: config.max_body_bytes,
             },
             sandbox: Arc::new(RwLock::new(None)),
             shutdown: CancellationToken::new(),
+            streams: Subscribers::new(config.streams),
         }
     }
 }
@@ -276,7 +299,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let listener = bind(&config).await?;
-    let state = ApiState::new(app.engine.clone(), config.max_body_bytes);
+    let state = ApiState::new(app.engine.clone(), &config);
     start_background(&state).await;
     match state.engine.recover().await {
         Ok(runs) if !runs.is_empty() => {
