@@ -606,3 +606,34 @@ async fn gateway_websockets_beyond_the_per_token_limit_are_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_refuses_websocket_upgrades_beyond_the_open_socket_limit() {
+    // max_connections 1 leaves room for 1 + 64 sockets, authenticated or not.
+    let gw = gateway_support::Gateway::start(
+        "[listen]\nport = 0\n[limits]\nmax_connections = 1\nauth_deadline_ms = 60000\n",
+        &[],
+    );
+    let mut sockets = Vec::new();
+    for _ in 0..65 {
+        sockets.push(gateway_support::Ws::open(&gw.ws_url()).await);
+    }
+    match tokio_tungstenite::connect_async(gw.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "CONNECTION_LIMIT", "{body}");
+        }
+        Err(e) => panic!("refused the wrong way: {e}"),
+        Ok(_) => panic!("a 66th WebSocket was accepted"),
+    }
+    let (_, metrics) = gw.get("/metrics", &[]).await;
+    assert_eq!(
+        gauge(
+            metrics.as_str().unwrap(),
+            "smithers_gateway_connections_active"
+        ),
+        65
+    );
+    drop(sockets);
+}
