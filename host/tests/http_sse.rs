@@ -128,7 +128,11 @@ async fn after_seq_and_last_event_id_resume_exactly_after_the_given_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_subscribers_on_one_run_each_get_every_event() {
-    let server = Server::start();
+    // All 500 come from 127.0.0.1: raise the per-client limit (256).
+    let server = Server::with(http_support::Options {
+        extra_args: vec!["--max-sse-per-client".into(), "500".into()],
+        ..Default::default()
+    });
     let scripted = server.install("fixture-scripted");
     let input = script(json!({"sequence": [
         {"approval": {"id": "gate"}},

@@ -62,7 +62,7 @@ fn served_routes(router: &axum::Router) -> BTreeSet<(String, String)> {
 }
 
 fn in_process_router(host: &common::TestHost) -> axum::Router {
-    let state = ApiState::new(host.app.engine.clone(), 1 << 20);
+    let state = ApiState::new(host.app.engine.clone(), &Default::default());
     router(state, Default::default())
 }
 

@@ -14,6 +14,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{App, AppConfig};
+use crate::http::connections::ConnectionLimits;
+use crate::http::subscribers::StreamLimits;
 use crate::http::{self, ServerConfig};
 use crate::store::Durability;
 
@@ -66,6 +68,22 @@ pub struct ServerArgs {
     /// Allow a non-loopback bind without a token and accept any Host/Origin.
     #[arg(long, global = true)]
     pub insecure: bool,
+    /// Close a connection with no request in flight for this long: before
+    /// its first request is complete (silent, slow-header and partial h2c
+    /// connections), between keep-alive requests, on HTTP/2 with no stream.
+    #[arg(long, global = true, default_value_t = 30)]
+    pub idle_timeout_secs: u64,
+    /// Most open connections; at the limit a new one replaces the one idle
+    /// the longest (or is closed when every one is busy).
+    #[arg(long, global = true, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most open SSE event streams (must be below --max-connections);
+    /// beyond it, 429 TOO_MANY_STREAMS.
+    #[arg(long, global = true, default_value_t = 1024)]
+    pub max_sse_subscribers: usize,
+    /// Most open SSE event streams from one client address.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub max_sse_per_client: usize,
     /// Do not watch the root dir for changed `.wasm` files to precompile.
     #[arg(long, global = true)]
     pub no_watch: bool,
@@ -86,6 +104,14 @@ impl ServerArgs {
             max_body_bytes: self.max_body_bytes,
             insecure: self.insecure,
             trust_any_host,
+            connections: ConnectionLimits {
+                idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+                max_connections: self.max_connections,
+            },
+            streams: StreamLimits {
+                max_total: self.max_sse_subscribers,
+                max_per_client: self.max_sse_per_client,
+            },
         }
     }
 }

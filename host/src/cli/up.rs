@@ -49,12 +49,20 @@ pub async fn up(config: AppConfig, server: ServerConfig, args: UpArgs) -> u8 {
             return EXIT_REFUSED;
         }
     };
-    let state = ApiState::new(app.engine.clone(), server.max_body_bytes);
+    let state = ApiState::new(app.engine.clone(), &server);
     http::start_background(&state).await;
     let router = http::serve::router(state.clone(), server.access_policy(), run_id.clone());
     tracing::info!(run = %run_id, "serving one run");
     println!("smithers-host serving run {run_id}");
-    http::run(app, listener, router, &state, shutdown_signal()).await;
+    http::run(
+        app,
+        listener,
+        router,
+        &state,
+        server.connections,
+        shutdown_signal(),
+    )
+    .await;
     EXIT_FINISHED
 }
 

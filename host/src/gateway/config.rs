@@ -133,6 +133,29 @@ pub struct LimitsConfig {
     /// Time a new WebSocket has to send a successful `connect`.
     #[serde(default = "default_auth_deadline_ms")]
     pub auth_deadline_ms: u64,
+    /// Authenticated WebSockets of one token (or user); beyond it `connect`
+    /// is refused with `CONNECTION_LIMIT`.
+    #[serde(default = "default_max_connections_per_token")]
+    pub max_connections_per_token: usize,
+    /// Every open connection (HTTP, WebSockets); must exceed `max_connections`.
+    #[serde(default = "default_max_open_connections")]
+    pub max_open_connections: usize,
+    /// A connection with no request in flight this long is closed, in
+    /// milliseconds (WebSockets excepted: they have `auth_deadline_ms`).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_max_connections_per_token() -> usize {
+    100
+}
+
+fn default_max_open_connections() -> usize {
+    4096
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_slow_consumer_ms() -> u64 {
@@ -169,6 +192,9 @@ impl Default for LimitsConfig {
             max_queued_frames: default_queue_frames(),
             slow_consumer_ms: default_slow_consumer_ms(),
             auth_deadline_ms: default_auth_deadline_ms(),
+            max_connections_per_token: default_max_connections_per_token(),
+            max_open_connections: default_max_open_connections(),
+            idle_timeout_ms: default_idle_timeout_ms(),
         }
     }
 }
@@ -352,9 +378,18 @@ impl GatewayConfig {
             || limits.max_queued_frames == 0
             || limits.slow_consumer_ms == 0
             || limits.auth_deadline_ms == 0
+            || limits.max_connections_per_token == 0
+            || limits.idle_timeout_ms == 0
         {
             return Err(ConfigError::Invalid(
                 "every [limits] value must be positive".into(),
+            ));
+        }
+        if limits.max_open_connections <= limits.max_connections {
+            return Err(ConfigError::Invalid(
+                "limits.max_open_connections must exceed limits.max_connections, \
+                 or WebSockets could take every connection (and /health with them)"
+                    .into(),
             ));
         }
         if self.auth.is_none()
@@ -449,6 +484,21 @@ mod tests {
         assert_eq!(config.limits.event_window, 10_000);
         assert!(config.auth.is_none());
         assert_eq!(config.workflows["hello"].path, "hello.wasm");
+    }
+
+    #[test]
+    fn connection_limits_that_would_lock_clients_out_are_refused() {
+        for bad in [
+            "[limits]\nmax_open_connections = 1000\n",
+            "[limits]\nmax_connections = 10\nmax_open_connections = 5\n",
+            "[limits]\nidle_timeout_ms = 0\n",
+            "[limits]\nmax_connections_per_token = 0\n",
+        ] {
+            assert!(GatewayConfig::parse(bad).is_err(), "{bad}");
+        }
+        let limits = GatewayConfig::parse("").unwrap().limits;
+        assert_eq!(limits.max_open_connections, 4096);
+        assert_eq!(limits.idle_timeout_ms, 30_000);
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod serve;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -211,8 +211,22 @@ pub struct Gateway {
     by_path: HashMap<String, String>,
     root_dir: PathBuf,
     started_at_ms: i64,
-    connections: AtomicUsize,
+    connections: std::sync::Mutex<Connections>,
     trust_any_host: bool,
+}
+
+/// Authenticated WebSockets: in all, and per credential.
+#[derive(Debug, Default)]
+struct Connections {
+    total: usize,
+    per_credential: HashMap<String, usize>,
+}
+
+/// An authenticated WebSocket's place; give it back with
+/// [`Gateway::connection_closed`].
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    credential: Option<String>,
 }
 
 impl Gateway {
@@ -259,7 +273,7 @@ impl Gateway {
             workflows,
             by_path,
             started_at_ms: now_ms(),
-            connections: AtomicUsize::new(0),
+            connections: std::sync::Mutex::default(),
         })
     }
 
@@ -427,19 +441,60 @@ impl Gateway {
         }
     }
 
-    /// Takes an authenticated connection slot; false when full.
-    pub fn connection_opened(&self) -> bool {
-        let max = self.config.limits.max_connections;
-        self.connections
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+    fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        // Counters only, updated before anything can panic: usable if poisoned.
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes an authenticated connection slot for `identity`, or
+    /// `CONNECTION_LIMIT` when the gateway (`max_connections`) or the
+    /// identity's credential (`max_connections_per_token`; its token id,
+    /// else its user id) is at its limit.
+    pub fn connection_opened(&self, identity: &Identity) -> Result<ConnectionSlot, RpcError> {
+        let limits = &self.config.limits;
+        let credential = identity
+            .token_id
+            .clone()
+            .or_else(|| identity.user_id.as_ref().map(|u| format!("user:{u}")));
+        let mut connections = self.connections();
+        if connections.total >= limits.max_connections {
+            return Err(RpcError::new(
+                RpcCode::ConnectionLimit,
+                "Gateway connection limit reached",
+            ));
+        }
+        if let Some(credential) = &credential {
+            let open = connections
+                .per_credential
+                .entry(credential.clone())
+                .or_default();
+            if *open >= limits.max_connections_per_token {
+                return Err(RpcError::new(
+                    RpcCode::ConnectionLimit,
+                    format!(
+                        "Connection limit reached for this token ({} WebSockets)",
+                        limits.max_connections_per_token
+                    ),
+                ));
+            }
+            *open += 1;
+        }
+        connections.total += 1;
+        Ok(ConnectionSlot { credential })
     }
 
     /// Releases an authenticated connection slot.
-    pub fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::SeqCst);
+    pub fn connection_closed(&self, slot: ConnectionSlot) {
+        let mut connections = self.connections();
+        connections.total = connections.total.saturating_sub(1);
+        if let Some(credential) = slot.credential
+            && let Some(open) = connections.per_credential.get_mut(&credential)
+        {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                connections.per_credential.remove(&credential);
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use super::config::{GatewayConfig, bind_host};
 use super::rpc::{self, Caller, RpcCode, RpcError, response_error, response_ok};
 use super::{Gateway, bounds, cron, events, webhook, ws};
 use crate::app::App;
+use crate::http::connections::ConnectionLimits;
 use crate::http::error::json_response;
 use crate::http::listen::{Listener, Peer, accept_until};
 use crate::http::metrics::CONTENT_TYPE;
@@ -101,7 +102,7 @@ async fn observe(
         .to_string();
     let response = next.run(request).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    metrics.record_http(method.as_str(), &route, response.status().as_u16(), ms);
+    metrics.record_http(&method, &route, response.status().as_u16(), ms);
     response
 }
 
@@ -439,7 +440,12 @@ pub async fn serve(
     }
     announce(&url, &gateway);
     let router = router(gateway.clone());
-    accept_until(listener, router, shutdown, &gateway.shutdown).await;
+    let limits = &gateway.config.limits;
+    let connections = ConnectionLimits {
+        idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+        max_connections: limits.max_open_connections,
+    };
+    accept_until(listener, router, connections, shutdown, &gateway.shutdown).await;
     app.close().await;
     tracing::info!("gateway stopped");
     Ok(())

@@ -19,7 +19,6 @@
 //! every later event exactly once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,13 +30,12 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio_util::sync::CancellationToken;
 
-use super::Gateway;
 use super::auth::Identity;
 use super::events::map_event;
 use super::rpc::{
     self, API_VERSION, Caller, RpcCode, RpcError, response_error, response_ok, string_param,
 };
-use super::{bounds, events};
+use super::{ConnectionSlot, Gateway, bounds, events};
 use crate::engine::events::follow;
 use crate::http::listen::Peer;
 use crate::model::{RunId, now_ms};
@@ -72,7 +70,8 @@ struct Conn {
     identity: Mutex<Option<Identity>>,
     subscribed: Mutex<Option<HashSet<String>>>,
     streams: Mutex<HashMap<String, RunStream>>,
-    counted: AtomicBool,
+    /// The authenticated connection slot, from the first successful `connect`.
+    counted: Mutex<Option<ConnectionSlot>>,
     closed: CancellationToken,
     slow_consumer: Duration,
 }
@@ -126,7 +125,7 @@ pub async fn serve(
         identity: Mutex::new(None),
         subscribed: Mutex::new(None),
         streams: Mutex::new(HashMap::new()),
-        counted: AtomicBool::new(false),
+        counted: Mutex::new(None),
         closed: gateway.shutdown.child_token(),
         slow_consumer: Duration::from_millis(limits.slow_consumer_ms),
     });
@@ -184,8 +183,8 @@ pub async fn serve(
     for (_, stream) in conn.streams.lock().expect("streams lock").drain() {
         stream.stop.cancel();
     }
-    if conn.counted.load(Ordering::SeqCst) {
-        gateway.connection_closed();
+    if let Some(slot) = conn.counted.lock().expect("slot lock").take() {
+        gateway.connection_closed(slot);
     }
     let _ = writer.await;
     gateway.metrics.ws_closed();
@@ -274,7 +273,12 @@ async fn handle_frame(
             Err(error) => {
                 let response = response_error(id, &error);
                 conn.control(Out::Response(response));
-                conn.control(Out::Close(1008, "authentication failed"));
+                // 1013 "try again later" for a full house, 1008 otherwise.
+                conn.control(if error.code == RpcCode::ConnectionLimit.as_str() {
+                    Out::Close(1013, "connection limit reached")
+                } else {
+                    Out::Close(1008, "authentication failed")
+                });
                 return None;
             }
         });
@@ -339,14 +343,10 @@ async fn connect(
         .and_then(|a| a.get("token"))
         .and_then(Value::as_str);
     let identity = gateway.auth().authenticate(headers, peer, token)?;
-    if !conn.counted.load(Ordering::SeqCst) {
-        if !gateway.connection_opened() {
-            return Err(RpcError::new(
-                RpcCode::ConnectionLimit,
-                "Gateway connection limit reached",
-            ));
-        }
-        conn.counted.store(true, Ordering::SeqCst);
+    let first = conn.counted.lock().expect("slot lock").is_none();
+    if first {
+        let slot = gateway.connection_opened(&identity)?;
+        *conn.counted.lock().expect("slot lock") = Some(slot);
         start_connection_tasks(gateway, conn);
     }
     let subscribe = params

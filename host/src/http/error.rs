@@ -58,6 +58,8 @@ pub enum ErrorCode {
     StorageUnavailable,
     /// The host is shutting down.
     ShuttingDown,
+    /// Too many event streams open (per client or in all).
+    TooManyStreams,
     /// A bug.
     ServerError,
 }
@@ -87,6 +89,7 @@ impl ErrorCode {
             Self::NodeNotWaiting => "NODE_NOT_WAITING",
             Self::StorageUnavailable => "STORAGE_UNAVAILABLE",
             Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::TooManyStreams => "TOO_MANY_STREAMS",
             Self::ServerError => "SERVER_ERROR",
         }
     }
@@ -113,6 +116,7 @@ impl ErrorCode {
             | Self::WorkflowDescribeFailed
             | Self::WorkflowBuildFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::StorageUnavailable | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -6,6 +6,8 @@
 //! exactly after the last event seen. The stream ends after the terminal
 //! event, or when the server shuts down. A client that stops reading only
 //! stalls its own stream: `follow` re-reads what it missed from the database.
+//! Each stream holds a slot of [`super::subscribers`] while it is open; past
+//! the limits a new one is refused with 429 `TOO_MANY_STREAMS`.
 
 use std::convert::Infallible;
 use std::pin::pin;
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
 use super::ApiState;
+use super::connections::ClientAddr;
 use super::error::ApiError;
 use super::extract::{PathParams, QueryParams, optional_int};
 use super::runs::path_run_id;
@@ -32,6 +35,7 @@ const RETRY: Duration = Duration::from_millis(1000);
 /// `GET /v1/runs/:runId/events?afterSeq=N` (or `Last-Event-ID: N`).
 pub async fn stream(
     State(state): State<ApiState>,
+    client: ClientAddr,
     PathParams(raw): PathParams<String>,
     query: QueryParams,
     headers: HeaderMap,
@@ -48,7 +52,7 @@ pub async fn stream(
     if !exists {
         return Err(ApiError::run_not_found());
     }
-    Ok(sse_response(&state, run_id, after_seq))
+    sse_response(&state, client, run_id, after_seq)
 }
 
 /// Where a stream resumes: `Last-Event-ID` wins over `afterSeq`; -1 = from
@@ -71,13 +75,20 @@ pub fn resume_point(headers: &HeaderMap, query: &QueryParams) -> Result<i64, Api
     }
 }
 
-/// The SSE response for a run known to exist.
-pub fn sse_response(state: &ApiState, run_id: RunId, after_seq: i64) -> Response {
+/// The SSE response for a run known to exist, or 429 when `client` (or
+/// everyone) already holds as many streams as allowed.
+pub fn sse_response(
+    state: &ApiState,
+    client: ClientAddr,
+    run_id: RunId,
+    after_seq: i64,
+) -> Result<Response, ApiError> {
+    let slot = state.streams.admit(client.0)?;
     let guard = state.metrics.sse_subscriber();
     let stop = state.shutdown.clone();
     let events = follow(state.engine.store().clone(), run_id.clone(), after_seq);
     let body = async_stream::stream! {
-        let _guard = guard;
+        let _guards = (slot, guard);
         yield Ok::<_, Infallible>(Event::default().retry(RETRY));
         let mut events = pin!(events);
         loop {
@@ -103,5 +114,5 @@ pub fn sse_response(state: &ApiState, run_id: RunId, after_seq: i64) -> Response
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    Ok(response)
 }

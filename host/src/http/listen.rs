@@ -1,11 +1,13 @@
 //! The accept loop both HTTP surfaces share (server and serve mode, and the
-//! gateway): TCP or Unix-socket listeners, a header read timeout against
-//! slow clients, WebSocket upgrades, and a graceful, bounded drain at
-//! shutdown. It knows nothing of routes.
+//! gateway): TCP or Unix-socket listeners, HTTP/1 and HTTP/2 (h2c prior
+//! knowledge) with WebSocket upgrades, every connection admitted through
+//! the listener's [`Registry`] (connection limit, idle timeout), and a
+//! graceful, bounded drain at shutdown. It knows nothing of routes.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,7 +20,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tower_http::add_extension::AddExtension;
 
-use super::HEADER_READ_TIMEOUT;
+use super::connections::{ConnectionLimits, Counted, Registry, Socket, supervise};
 
 /// Longest the drain at shutdown waits for open connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,14 +54,24 @@ enum Accepted {
 pub async fn accept_until(
     listener: Listener,
     router: Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
     stop: &CancellationToken,
 ) {
+    let registry = Registry::new(limits);
+    let limits = registry.limits();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 enforces a deadline on each request head itself; the registry's
+    // idle timeout is what covers the rest (protocol sniffing, h2).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.idle_timeout);
+    // Pings find dead peers under long-lived h2 streams (SSE).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.idle_timeout);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -67,14 +79,18 @@ pub async fn accept_until(
             _ = &mut shutdown => break,
             accepted = accept(&listener) => accepted,
         };
+        let context = Context {
+            builder: &builder,
+            graceful: &graceful,
+            router: &router,
+            registry: &registry,
+        };
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                serve_connection(&builder, &graceful, &router, stream, Peer::Tcp(peer));
+                context.serve(stream, Peer::Tcp(peer)).await;
             }
-            Ok(Accepted::Unix(stream)) => {
-                serve_connection(&builder, &graceful, &router, stream, Peer::Unix)
-            }
+            Ok(Accepted::Unix(stream)) => context.serve(stream, Peer::Unix).await,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
                 tracing::warn!(error = %e, "accept failed");
@@ -103,21 +119,37 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     }
 }
 
-fn serve_connection<S>(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    router: &Router,
-    stream: S,
-    peer: Peer,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = TowerToHyperService::new(AddExtension::new(router.clone(), peer));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection.into_owned());
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(?peer, error = %e, "connection ended with an error");
-        }
-    });
+/// What serving one accepted connection needs.
+struct Context<'a> {
+    builder: &'a auto::Builder<TokioExecutor>,
+    graceful: &'a GracefulShutdown,
+    router: &'a Router,
+    registry: &'a Arc<Registry>,
+}
+
+impl Context<'_> {
+    /// Admits `stream` (or closes it when every connection is busy) and
+    /// serves it on its own task.
+    async fn serve<S>(&self, stream: S, peer: Peer)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some((slot, lease)) = self.registry.admit().await else {
+            return;
+        };
+        let address = match peer {
+            Peer::Tcp(address) => Some(address),
+            Peer::Unix => None,
+        };
+        let service = Counted::new(
+            TowerToHyperService::new(AddExtension::new(self.router.clone(), peer)),
+            slot.clone(),
+            address,
+        );
+        let idle_timeout = self.registry.limits().idle_timeout;
+        let io = TokioIo::new(Socket::new(stream, lease));
+        let connection = self.builder.serve_connection_with_upgrades(io, service);
+        let connection = self.graceful.watch(connection.into_owned());
+        tokio::spawn(supervise(slot, idle_timeout, connection, address));
+    }
 }

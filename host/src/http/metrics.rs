@@ -138,12 +138,30 @@ enum Counter {
     Dropped,
 }
 
-/// Labels of an HTTP request metric.
+/// Labels of an HTTP request metric. Every value comes from a closed set
+/// (a method of [`method_label`], a route template, a status code), so no
+/// client can add label sets by sending odd methods or paths.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct HttpLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status_code: u16,
+}
+
+/// The metric label of a request method: the standard ones by name, any
+/// other (extension methods, garbage) as `other`.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 #[derive(Debug, Default)]
@@ -169,10 +187,17 @@ impl Metrics {
         self.counters[counter as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records one HTTP request. `route` must be a template, never a raw path.
-    pub fn record_http(&self, method: &str, route: &str, status: u16, duration_ms: f64) {
+    /// Records one HTTP request. `route` must be a route template or
+    /// `unmatched`, never a raw path.
+    pub fn record_http(
+        &self,
+        method: &axum::http::Method,
+        route: &str,
+        status: u16,
+        duration_ms: f64,
+    ) {
         let labels = HttpLabels {
-            method: method.to_string(),
+            method: method_label(method),
             route: route.to_string(),
             status_code: status,
         };
@@ -314,7 +339,7 @@ impl Metrics {
         let label_text = |l: &HttpLabels| {
             format!(
                 "method=\"{}\",route=\"{}\",status_class=\"{}xx\",status_code=\"{}\"",
-                escape(&l.method),
+                l.method,
                 escape(&l.route),
                 l.status_code / 100,
                 l.status_code
@@ -514,6 +539,20 @@ mod tests {
         assert_eq!(metrics.run_duration.count.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.run_duration.sum_us.load(Ordering::Relaxed), 100_000);
         assert_eq!(metrics.node_duration.sum_us.load(Ordering::Relaxed), 30_000);
+    }
+
+    #[test]
+    fn http_labels_name_only_known_methods() {
+        let metrics = Metrics::default();
+        for raw in ["GET", "PROPFIND", "get", "M0XXXXXXXXXXXXXXXX"] {
+            let method = axum::http::Method::from_bytes(raw.as_bytes()).unwrap();
+            metrics.record_http(&method, "unmatched", 401, 1.0);
+        }
+        let mut out = String::new();
+        metrics.render_http(&mut out);
+        assert!(out.contains("smithers_http_requests{method=\"GET\",route=\"unmatched\""));
+        assert!(out.contains("smithers_http_requests{method=\"other\",route=\"unmatched\",status_class=\"4xx\",status_code=\"401\"} 3\n"), "{out}");
+        assert!(!out.contains("PROPFIND") && !out.contains("XXXX"), "{out}");
     }
 
     #[test]

@@ -7,12 +7,15 @@
 //! `approvals` and `events` hold the handlers; `extract` the body and query
 //! parsing; `auth` the token and Host/Origin checks; `error` the envelope;
 //! `metrics` the Prometheus text; `ops` `/health`, `/metrics` and fallbacks;
+//! `listen` the accept loop, `connections` the connection limit and idle
+//! timeout, `subscribers` the SSE stream limits;
 //! `serve` the single-run routes of serve mode (`smithers-host up --serve`),
 //! built from the same handlers. [`serve()`] binds, recovers interrupted runs
 //! and serves until shutdown.
 
 pub mod approvals;
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -22,12 +25,13 @@ pub mod openapi;
 pub mod ops;
 pub mod runs;
 pub mod serve;
+pub mod subscribers;
 pub mod workflows;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{FromRef, MatchedPath, Request, State};
@@ -42,15 +46,17 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use self::auth::AccessPolicy;
+use self::connections::ConnectionLimits;
 use self::error::ApiError;
 use self::extract::BodyLimits;
 use self::metrics::Metrics;
+use self::subscribers::{StreamLimits, Subscribers};
 use crate::app::App;
 use crate::engine::Engine;
 use crate::sandbox::SandboxStatus;
 
-/// How long a client may take to send the request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest prefix of a request path written to the debug log.
+const LOGGED_PATH_CHARS: usize = 200;
 
 /// How the server listens and whom it serves.
 #[derive(Debug, Clone)]
@@ -67,6 +73,10 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// `SMITHERS_SERVER_TRUST_ANY_HOST`: drop the Host/Origin gate only.
     pub trust_any_host: bool,
+    /// Connection limit and idle timeout.
+    pub connections: ConnectionLimits,
+    /// SSE stream limits.
+    pub streams: StreamLimits,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +88,8 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             insecure: false,
             trust_any_host: false,
+            connections: ConnectionLimits::default(),
+            streams: StreamLimits::default(),
         }
     }
 }
@@ -91,6 +103,9 @@ pub enum ServeError {
          Set --auth-token (or SMITHERS_API_KEY), bind 127.0.0.1, or pass --insecure"
     )]
     InsecureBind(String),
+    /// A limit is zero, or the streams could take every connection.
+    #[error("{0}")]
+    InvalidLimit(String),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -102,11 +117,33 @@ pub enum ServeError {
 }
 
 impl ServerConfig {
-    /// Refuses an unauthenticated bind beyond loopback unless `insecure`.
+    /// Refuses an unauthenticated bind beyond loopback unless `insecure`,
+    /// and limits that would lock every client out.
     pub fn validate(&self) -> Result<(), ServeError> {
         let token = self.auth_token.as_deref().is_some_and(|t| !t.is_empty());
         if !auth::is_loopback_host(bind_host(&self.host)) && !token && !self.insecure {
             return Err(ServeError::InsecureBind(self.host.clone()));
+        }
+        let (connections, streams) = (&self.connections, &self.streams);
+        if connections.idle_timeout.is_zero()
+            || connections.max_connections == 0
+            || streams.max_total == 0
+            || streams.max_per_client == 0
+        {
+            return Err(ServeError::InvalidLimit(
+                "--idle-timeout-secs, --max-connections, --max-sse-subscribers and \
+                 --max-sse-per-client must be positive"
+                    .into(),
+            ));
+        }
+        // Open streams keep their connections busy; if they could take every
+        // one, nothing (not even /health) would get in.
+        if streams.max_total >= connections.max_connections {
+            return Err(ServeError::InvalidLimit(format!(
+                "--max-sse-subscribers ({}) must be below --max-connections ({}), \
+                 or open streams could take every connection",
+                streams.max_total, connections.max_connections
+            )));
         }
         Ok(())
     }
@@ -131,19 +168,22 @@ pub struct ApiState {
     pub sandbox: Arc<RwLock<Option<SandboxStatus>>>,
     /// Cancelled at shutdown: ends SSE streams so the drain completes.
     pub shutdown: CancellationToken,
+    /// Open SSE streams and their limits.
+    pub streams: Arc<Subscribers>,
 }
 
 impl ApiState {
-    /// State for an engine, with fresh metrics.
-    pub fn new(engine: Engine, max_body_bytes: usize) -> Self {
+    /// State for an engine served with `config`'s limits, with fresh metrics.
+    pub fn new(engine: Engine, config: &ServerConfig) -> Self {
         Self {
             engine,
             metrics: Arc::new(Metrics::default()),
             limits: BodyLimits {
-                max_bytes: max_body_bytes,
+                max_bytes: config.max_body_bytes,
             },
             sandbox: Arc::new(RwLock::new(None)),
             shutdown: CancellationToken::new(),
+            streams: Subscribers::new(config.streams),
         }
     }
 }
@@ -232,12 +272,19 @@ async fn observe(State(metrics): State<Arc<Metrics>>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let path = request.uri().path().to_string();
+    // The path is the client's: log a bounded prefix of it.
+    let path: String = request
+        .uri()
+        .path()
+        .chars()
+        .take(LOGGED_PATH_CHARS)
+        .collect();
     let response = next.run(request).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
-    metrics.record_http(method.as_str(), &route, status, ms);
-    tracing::debug!(%method, %path, %route, status, ms, "request");
+    metrics.record_http(&method, &route, status, ms);
+    let method = metrics::method_label(&method);
+    tracing::debug!(method, %path, %route, status, ms, "request");
     response
 }
 
@@ -252,7 +299,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let listener = bind(&config).await?;
-    let state = ApiState::new(app.engine.clone(), config.max_body_bytes);
+    let state = ApiState::new(app.engine.clone(), &config);
     start_background(&state).await;
     match state.engine.recover().await {
         Ok(runs) if !runs.is_empty() => {
@@ -262,7 +309,7 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
     }
     let router = router(state.clone(), config.access_policy());
-    run(app, listener, router, &state, shutdown).await;
+    run(app, listener, router, &state, config.connections, shutdown).await;
     Ok(())
 }
 
@@ -283,6 +330,7 @@ pub async fn run(
     listener: TcpListener,
     router: Router,
     state: &ApiState,
+    connections: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -291,6 +339,7 @@ pub async fn run(
     listen::accept_until(
         listen::Listener::Tcp(listener),
         router,
+        connections,
         shutdown,
         &state.shutdown,
     )

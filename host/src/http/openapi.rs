@@ -196,7 +196,7 @@ pub const OPERATIONS: &[Operation] = &[
         "streamEvents",
         "The run's events as server-sent events: history, then live, ending after the terminal event",
         Input::Query,
-        &[E::NotFound],
+        &[E::NotFound, E::TooManyStreams],
     ),
     op(
         "get",
@@ -292,6 +292,7 @@ documented_codes! {
     NodeNotWaiting: "approve or deny of a node that is not waiting for a decision",
     StorageUnavailable: "the database cannot commit (disk full, read-only); reads keep working",
     ShuttingDown: "the host is shutting down",
+    TooManyStreams: "too many event streams open from this client (--max-sse-per-client) or in all (--max-sse-subscribers)",
     ServerError: "a bug; the cause is in the server log, never in the answer",
 }
 

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::auth::AccessPolicy;
+use super::connections::ClientAddr;
 use super::error::{ApiError, ErrorCode};
 use super::extract::{JsonBody, PathParams, QueryParams, opt_string};
 use super::{ApiState, approvals, events, finish, ok, ops, runs};
@@ -64,11 +65,12 @@ async fn status(State(s): State<ServeState>) -> Result<Response, ApiError> {
 /// `GET /events?afterSeq=N` (or `Last-Event-ID`): the run's events as SSE.
 async fn stream(
     State(s): State<ServeState>,
+    client: ClientAddr,
     query: QueryParams,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let after_seq = events::resume_point(&headers, &query)?;
-    Ok(events::sse_response(&s.api, s.run_id, after_seq))
+    events::sse_response(&s.api, client, s.run_id, after_seq)
 }
 
 /// `GET /frames?limit&afterFrameNo`: newest first. As in Smithers' serve

@@ -162,6 +162,10 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
     pub fn ws_url(&self) -> String {
         format!("{}/", self.base.replacen("http://", "ws://", 1))
     }
