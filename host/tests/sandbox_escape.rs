@@ -148,7 +148,7 @@ fn cases() -> Vec<Case> {
         case("cgroup_view", "grep -v ':/$' /proc/self/cgroup && echo ESCAPED; echo cgroup-ok", Prints("cgroup-ok")),
         case("proc_fds_leak_nothing", "ls -l /proc/$$/fd/ | grep -E 'socket|anon_inode|/work|/root' && echo ESCAPED; echo fds-ok", Prints("fds-ok")),
         // --- kernel objects namespaces do not separate: the keyring
-        case("keyring_read_host_key", "cat /proc/keys; python3 -c \"{PY}\nb=B(512); r=L.syscall(250, 11, {KEYID}, b, 512); print(b.raw[:max(r, 0)])\nS(250, 10, -3, b'user', b'{KEYDESC}', 0); S(250, 10, -4, b'user', b'{KEYDESC}', 0)\"", Prints("errno=1")).with(&[HostKey]),
+        case("keyring_read_host_key", "grep -q '{KEYDESC}' /proc/keys /proc/key-users && echo ESCAPED; python3 -c \"{PY}\nb=B(512); r=L.syscall(250, 11, {KEYID}, b, 512); print(b.raw[:max(r, 0)])\nS(250, 10, -3, b'user', b'{KEYDESC}', 0); S(250, 10, -4, b'user', b'{KEYDESC}', 0)\"", Prints("errno=1")).with(&[HostKey]),
         case("keyring_join_host_by_name", "python3 -c \"{PY}\nS(250, 1, b'{KEYRING}'); b=B(512); r=L.syscall(250, 11, {KEYID}, b, 512); print(b.raw[:max(r, 0)])\"", Prints("errno=1")).with(&[HostKey]),
         case("keyring_plant_keys", "python3 -c \"{PY}\nfor ring in (-3, -4, -5):\n  S(248, b'user', b'{KEYDESC}-planted', b'x', 1, ring)\"", Prints("errno=1")).with(&[HostKey]),
         case("keyring_revoke_and_clear", "python3 -c \"{PY}\nS(250, 3, {KEYID}); S(250, 7, -3); S(250, 9, {KEYID}, -3); S(250, 2, {KEYID}, 0, 0)\"", Prints("errno=1")).with(&[HostKey]),

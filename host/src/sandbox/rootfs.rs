@@ -185,6 +185,7 @@ pub(crate) fn build(spec: &LaunchSpec, survey: &Survey) -> Result<RootInfo, Setu
         None,
     )
     .at(S::Proc, "mount proc")?;
+    mask_proc_files(&proc)?;
 
     checkpoint(spec, S::NamespaceLimits)?;
     let info = limit_namespace(spec, &proc)?;
@@ -234,6 +235,24 @@ pub(crate) fn build(spec: &LaunchSpec, survey: &Survey) -> Result<RootInfo, Setu
     checkpoint(spec, S::PivotRoot)?;
     pivot_into_new_root()?;
     Ok(info)
+}
+
+/// `/proc` files that show machine-wide state namespaces do not separate
+/// (the descriptions of every key the uid can view, kernel timers and the
+/// scheduler's view of every task), covered with an empty file as container
+/// runtimes do.
+const MASKED_PROC_FILES: [&str; 4] = ["keys", "key-users", "timer_list", "sched_debug"];
+
+fn mask_proc_files(proc: &Path) -> Result<(), SetupError> {
+    let empty = Path::new(OLD).join("dev/null");
+    for name in MASKED_PROC_FILES {
+        let target = proc.join(name);
+        if target.exists() {
+            rustix::mount::mount_bind(&empty, &target)
+                .at(SetupStep::Proc, format!("mask /proc/{name}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// One of the launch's further mounts, at its host path.
