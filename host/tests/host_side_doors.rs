@@ -81,6 +81,13 @@ fn evil_crate(root: &Path, name: &str, outside: &Path, mark: &str, extra_manifes
     )
     .unwrap();
     std::fs::write(dir.join("src/lib.rs"), "").unwrap();
+    // A toolchain of the crate's choosing would be installed by rustup on the
+    // host; the host's own toolchain must build it.
+    std::fs::write(
+        dir.join("rust-toolchain.toml"),
+        "[toolchain]\nchannel = \"nightly-2001-01-01\"\n",
+    )
+    .unwrap();
     let build_rs = EVIL_BUILD_RS
         .replace("{OUTSIDE}", &outside.display().to_string())
         .replace(
@@ -167,6 +174,77 @@ async fn a_crate_in_the_root_dir_is_built_confined_without_the_hosts_env_or_conf
         "terminal escapes reached the client"
     );
     assert!(!server.log().contains(KEY_PREFIX));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_never_ends_is_killed_at_the_build_timeout() {
+    let server = secret_server(&["--build-timeout", "3s"], false);
+    let dir = server.root.path().join("sleeper");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"sleeper\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\n\
+         crate-type = [\"cdylib\"]\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/lib.rs"), "").unwrap();
+    let marker = format!("smithers-sleeper-{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(
+        dir.join("build.rs"),
+        format!(
+            "fn main() {{ let _ = std::process::Command::new(\"sh\").args([\"-c\", \"exec -a {marker} sleep 1000\"]).spawn(); loop {{ std::thread::sleep(std::time::Duration::from_secs(1)); }} }}"
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (status, body) = server
+        .post("/v1/runs", json!({ "workflowPath": "sleeper" }))
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        (status, error_of(&body).0),
+        (422, "WORKFLOW_BUILD_FAILED"),
+        "{body}"
+    );
+    assert!(error_of(&body).1.contains("timed out"), "{body}");
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "the build took {elapsed:?}"
+    );
+    let survivors: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        })
+        .collect();
+    assert!(survivors.is_empty(), "the build's processes outlived it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_escapes_a_guest_logs_never_reach_the_hosts_log() {
+    let server = Server::with(Options {
+        install: vec!["fixture-scripted".into()],
+        ..Options::default()
+    });
+    let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mRED\r\rCR";
+    let input = http_support::script(http_support::task(
+        "noisy",
+        json!({ "log": hostile, "stderr": hostile }),
+    ));
+    let run = server.start_run("fixture-scripted.wasm", input).await;
+    server.wait_status(&run, "finished").await;
+    let log = std::fs::read(server.log_path()).unwrap();
+    assert!(
+        !log.contains(&0x1b),
+        "an escape character reached the host's log"
+    );
+    assert!(!log.contains(&0x07), "a BEL reached the host's log");
+    assert!(
+        String::from_utf8_lossy(&log).contains("RED"),
+        "the message was not logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::sandbox::paths::{self, ReadError};
-use crate::sandbox::{ConfinedCommand, ResourceLimits, SandboxPolicy, run_confined};
+use crate::sandbox::{ConfinedCommand, ResourceLimits, SandboxPolicy, ToolErrorCode, run_confined};
 pub use output::sanitize;
 use toolchain::Toolchain;
 pub use toolchain::check_settings;
@@ -77,6 +77,16 @@ pub enum BuildError {
     /// The sandbox refused to start the build: builds fail closed.
     #[error("guest builds run in the sandbox, which refused: {0}")]
     Sandbox(String),
+    /// The build ran past `--build-timeout`; its processes were killed.
+    #[error(
+        "building {krate} timed out after {seconds} s (--build-timeout); every process it started was killed"
+    )]
+    TimedOut {
+        /// Crate directory.
+        krate: String,
+        /// The limit.
+        seconds: u64,
+    },
     /// The compiler rejected the crate (sanitized, bounded messages).
     #[error("building {krate} failed:\n{messages}")]
     Compile {
@@ -204,7 +214,13 @@ impl GuestBuilder {
         let started = std::time::Instant::now();
         let run = run_confined(&self.sandbox, command, CancellationToken::new())
             .await
-            .map_err(|e| BuildError::Sandbox(e.to_string()))?;
+            .map_err(|e| match e.code {
+                ToolErrorCode::Timeout => BuildError::TimedOut {
+                    krate: krate.clone(),
+                    seconds: self.settings.timeout.as_secs(),
+                },
+                _ => BuildError::Sandbox(e.to_string()),
+            })?;
         tracing::info!(
             krate = %krate,
             exit_code = run.exit_code,
