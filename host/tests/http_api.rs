@@ -30,6 +30,27 @@ async fn health_answers_without_auth_and_reports_the_sandbox() {
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(body["activeRuns"], 0);
     assert!(body.get("sandbox").is_some(), "{body}");
+    // Once the start-up probe has run, the walls it measured are shown,
+    // the seccomp filter and the fresh keyring among them.
+    let mut walls = Value::Null;
+    for _ in 0..100 {
+        let body: Value = reqwest::get(server.url("/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        walls = body["sandbox"]["walls"].clone();
+        if !walls.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        walls["seccomp"]["deniedSyscalls"].as_u64().unwrap_or(0) > 50,
+        "{walls}"
+    );
+    assert_eq!(walls["sessionKeyringIsolated"], true, "{walls}");
     // Not Host-gated either.
     let raw = server
         .raw("GET /health HTTP/1.1\r\nHost: evil.example", b"")
