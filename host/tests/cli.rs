@@ -193,21 +193,29 @@ fn bad_input_and_unknown_runs_are_refused_with_clear_messages() {
     assert!(text(&out).contains("not found"), "{}", text(&out));
 }
 
-#[test]
-fn a_crate_of_a_workspace_outside_the_root_dir_names_the_flag_that_lets_builds_read_it() {
+/// The host on the repository's examples dir as root, from there; builds
+/// share the test guests' target dir.
+fn run_example(state: &Path, args: &[&str]) -> Command {
     let examples = common::workspace_root().join("examples");
-    let state = tempfile::tempdir().unwrap();
-    let out = Command::new(common::host_binary())
-        .args(["run", "hello"])
+    let mut command = Command::new(common::host_binary());
+    command
+        .args(args)
         .current_dir(&examples)
         .arg("--root-dir")
         .arg(&examples)
         .arg("--state-dir")
-        .arg(state.path())
+        .arg(state)
         .env(
             "SMITHERS_BUILD_DIR",
             common::guests_dir().parent().unwrap().parent().unwrap(),
-        )
+        );
+    command
+}
+
+#[test]
+fn a_crate_of_a_workspace_outside_the_root_dir_names_the_flag_that_lets_builds_read_it() {
+    let state = tempfile::tempdir().unwrap();
+    let out = run_example(state.path(), &["run", "hello"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", text(&out));
@@ -221,21 +229,14 @@ fn a_guest_crate_directory_is_built_and_run() {
     // and may read the workspace the examples belong to.
     let examples = common::workspace_root().join("examples");
     let state = tempfile::tempdir().unwrap();
-    let out = Command::new(common::host_binary())
-        .args(["run", "hello", "--input", r#"{"name":"crate"}"#, "--json"])
-        .current_dir(&examples)
-        .arg("--build-source")
-        .arg(common::workspace_root())
-        .arg("--root-dir")
-        .arg(&examples)
-        .arg("--state-dir")
-        .arg(state.path())
-        .env(
-            "SMITHERS_BUILD_DIR",
-            common::guests_dir().parent().unwrap().parent().unwrap(),
-        )
-        .output()
-        .unwrap();
+    let out = run_example(
+        state.path(),
+        &["run", "hello", "--input", r#"{"name":"crate"}"#, "--json"],
+    )
+    .arg("--build-source")
+    .arg(common::workspace_root())
+    .output()
+    .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(ndjson(&out).last().unwrap()["type"], "RunFinished");
     assert!(Path::new(&examples).join("hello/Cargo.toml").is_file());
