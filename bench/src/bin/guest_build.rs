@@ -94,6 +94,7 @@ impl Mode {
                     .env("CARGO_TARGET_DIR", target_dir)
                     .envs(GUEST_PROFILE_ENV.iter().copied())
                     .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
                     .status()
                     .await
                     .unwrap();
