@@ -177,41 +177,32 @@ fn build_settings(
 ) -> Result<BuildSettings, AppError> {
     let refuse = |why: String| AppError::Build(BuildError::Config(why));
     let build_dir = config.build_dir.clone().unwrap_or(default_build_dir);
-    // Judge the path before creating anything: a build dir inside the root
-    // dir is refused, not made.
-    let lexical = if build_dir.is_absolute() {
-        build_dir.clone()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| refuse(format!("build dir: {e}")))?
-            .join(&build_dir)
-    };
-    if lexical.starts_with(root_dir) {
-        check_settings(root_dir, state_dir, &lexical, &[])?;
-    }
-    std::fs::create_dir_all(&build_dir)
+    // Judge the path as given before creating it (a build dir inside the root
+    // dir is refused, not made), then again once it exists and is canonical.
+    let given = std::path::absolute(&build_dir)
+        .map_err(|e| refuse(format!("build dir {}: {e}", build_dir.display())))?;
+    check_settings(root_dir, state_dir, &given, &[])?;
+    let target_dir = std::fs::create_dir_all(&build_dir)
         .and_then(|()| std::fs::canonicalize(&build_dir))
-        .map_err(|e| refuse(format!("build dir {}: {e}", build_dir.display())))
-        .and_then(|target_dir| {
-            let mut sources = Vec::new();
-            for source in &config.build_sources {
-                let canonical = std::fs::canonicalize(source)
-                    .ok()
-                    .filter(|p| p.is_dir())
-                    .ok_or_else(|| {
-                        refuse(format!(
-                            "build source {} is not a directory",
-                            source.display()
-                        ))
-                    })?;
-                sources.push(canonical);
-            }
-            check_settings(root_dir, state_dir, &target_dir, &sources)?;
-            Ok(BuildSettings {
-                target_dir,
-                sources,
-                timeout: config.build_timeout,
-                max_component_bytes: config.max_component_mb.max(1) << 20,
-            })
-        })
+        .map_err(|e| refuse(format!("build dir {}: {e}", build_dir.display())))?;
+    let mut sources = Vec::new();
+    for source in &config.build_sources {
+        let canonical = std::fs::canonicalize(source)
+            .ok()
+            .filter(|p| p.is_dir())
+            .ok_or_else(|| {
+                refuse(format!(
+                    "build source {} is not a directory",
+                    source.display()
+                ))
+            })?;
+        sources.push(canonical);
+    }
+    check_settings(root_dir, state_dir, &target_dir, &sources)?;
+    Ok(BuildSettings {
+        target_dir,
+        sources,
+        timeout: config.build_timeout,
+        max_component_bytes: config.max_component_mb.max(1) << 20,
+    })
 }

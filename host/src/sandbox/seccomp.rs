@@ -220,12 +220,16 @@ pub(crate) fn compile(spec: &LaunchSpec) -> Result<Filters, SetupError> {
 }
 
 /// The rules that look at arguments: set-id modes, namespace flags,
-/// personalities, vsock sockets, terminal injection.
+/// personalities, vsock sockets, terminal injection. A system call already
+/// refused outright stays refused outright.
 fn deny_by_argument(
     rules: &mut BTreeMap<i64, Vec<SeccompRule>>,
 ) -> Result<(), seccompiler::BackendError> {
+    let mut add = |nr: i64, chain: Vec<SeccompRule>| {
+        rules.entry(nr).or_insert(chain);
+    };
     for (_, nr, mode) in SET_ID_MODES {
-        rules.insert(*nr, set_id_rules(*mode, None)?);
+        add(*nr, set_id_rules(*mode, None)?);
     }
     for (_, nr, flags) in SET_ID_CREATES {
         let mut chain = set_id_rules(*flags + 1, Some((*flags, libc::O_CREAT as u64)))?;
@@ -233,26 +237,26 @@ fn deny_by_argument(
             *flags + 1,
             Some((*flags, libc::O_TMPFILE as u64)),
         )?);
-        rules.insert(*nr, chain);
+        add(*nr, chain);
     }
     let namespaces: Vec<SeccompRule> = NAMESPACE_FLAGS
         .iter()
         .map(|flag| rule(vec![masked(0, *flag, *flag)]))
         .collect::<Result<_, _>>()?;
-    rules.insert(libc::SYS_unshare, namespaces.clone());
-    rules.insert(libc::SYS_clone, namespaces);
+    add(libc::SYS_unshare, namespaces.clone());
+    add(libc::SYS_clone, namespaces);
     let personality = HARMLESS_PERSONALITIES
         .iter()
         .map(|p| condition(0, SeccompCmpOp::Ne, *p))
         .collect();
-    rules.insert(libc::SYS_personality, vec![rule(personality)?]);
+    add(libc::SYS_personality, vec![rule(personality)?]);
     let vsock = condition(0, SeccompCmpOp::Eq, libc::AF_VSOCK as u64);
-    rules.insert(libc::SYS_socket, vec![rule(vec![vsock])?]);
+    add(libc::SYS_socket, vec![rule(vec![vsock])?]);
     let ioctls = TERMINAL_INJECTION
         .iter()
         .map(|request| rule(vec![condition(1, SeccompCmpOp::Eq, *request)]))
         .collect::<Result<_, _>>()?;
-    rules.insert(libc::SYS_ioctl, ioctls);
+    add(libc::SYS_ioctl, ioctls);
     Ok(())
 }
 

@@ -70,13 +70,11 @@ impl Toolchain {
     /// the target dir read-write.
     pub(super) fn mounts(&self, sources: &[PathBuf], target_dir: &Path) -> Vec<Mount> {
         let mut mounts = Vec::new();
-        for dir in [&self.sysroot, &self.cargo] {
-            let dir = if dir.is_file() {
-                dir.parent().unwrap_or(dir)
-            } else {
-                dir.as_path()
-            };
-            if !SYSTEM_PREFIXES.iter().any(|p| dir.starts_with(p)) {
+        let cargo_dir = self.cargo.parent().unwrap_or(&self.cargo);
+        for dir in [self.sysroot.as_path(), cargo_dir] {
+            let shown = SYSTEM_PREFIXES.iter().any(|p| dir.starts_with(p))
+                || mounts.iter().any(|m: &Mount| dir.starts_with(m.path()));
+            if !shown {
                 mounts.push(Mount::ReadOnly(dir.to_path_buf()));
             }
         }
