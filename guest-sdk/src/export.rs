@@ -1,4 +1,5 @@
-//! The only place that knows wit-bindgen: the generated bindings of `wit/workflow.wit`, and
+//! The only place that knows wit-bindgen: the generated bindings of `wit/workflow.wit` (the
+//! package's own copy, so the crate builds wherever it is unpacked), and
 //! the three functions the [`workflow!`](crate::workflow) expansion delegates the world's
 //! exports to. They translate between the wire types and the SDK's own, and nothing more:
 //! every rule lives in the pure-Rust core.
@@ -9,7 +10,7 @@
 #[allow(clippy::too_many_arguments)] // the generated canonical-ABI adapters
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "workflow",
         pub_export_macro: true,
         default_bindings_module: "smithers_sdk::__private::bindings",

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::{Engine, EngineConfig};
-use crate::runtime::build::{BuildError, BuildSettings, DEFAULT_BUILD_TIMEOUT, check_settings};
+use crate::runtime::build::{
+    BuildError, BuildSettings, DEFAULT_BUILD_TIMEOUT, check_settings, host_sdk_dir,
+};
 use crate::runtime::{DEFAULT_MAX_COMPONENT_BYTES, GuestLimits, Runtime, RuntimeConfig};
 use crate::sandbox::SandboxPolicy;
 use crate::state_dir::{StateDir, StateDirError};
@@ -186,6 +188,11 @@ fn build_settings(
         .and_then(|()| std::fs::canonicalize(&build_dir))
         .map_err(|e| refuse(format!("build dir {}: {e}", build_dir.display())))?;
     let mut sources = Vec::new();
+    // The host's own SDK (when its checkout is still there) is readable by
+    // builds, so crates made by `smithers-host new` resolve it by path.
+    if let Some(sdk) = host_sdk_dir() {
+        sources.push(sdk);
+    }
     for source in &config.build_sources {
         let canonical = std::fs::canonicalize(source)
             .ok()

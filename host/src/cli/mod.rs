@@ -4,6 +4,7 @@
 mod follow;
 mod limits;
 mod local;
+mod new;
 mod print;
 mod remote;
 mod up;
@@ -212,6 +213,9 @@ enum Command {
     /// Serve registered workflows as a Gateway (RPC, WebSocket, cron,
     /// webhooks) from a TOML config.
     Gateway(GatewayArgs),
+    /// Create a workflow crate of one's own (typed input, two tasks, an
+    /// approval, a test) that builds outside this repository.
+    New(new::NewArgs),
 }
 
 /// Entry point of the binary.
@@ -249,6 +253,7 @@ pub fn main() -> ExitCode {
             Some(Command::Client(args)) => remote::main(args).await,
             Some(Command::Gateway(args)) => gateway(config, args).await,
             Some(Command::Up(args)) => up::up(config, cli.server.server_config(), args).await,
+            Some(Command::New(args)) => new::new(args).await,
         }
     });
     // Guest calls may still be unwinding on worker threads; don't wait for them.

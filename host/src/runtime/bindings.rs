@@ -1,7 +1,9 @@
-//! Host-side bindings of the `smithers:workflow` world (generated from `wit/`).
+//! Host-side bindings of the `smithers:workflow` world, generated from the SDK's copy of
+//! the WIT (`guest-sdk/wit/`, packaged with the SDK: the one source of truth guests and host
+//! share; the top-level `wit/` points there).
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../guest-sdk/wit",
     world: "workflow",
     // `emit` and `log` may trap: a guest that outgrows its output limits
     // is stopped at the call (the WIT functions return nothing to refuse with).

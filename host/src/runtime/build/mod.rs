@@ -128,6 +128,18 @@ pub struct BuildSettings {
     pub max_component_bytes: u64,
 }
 
+/// The SDK of the checkout this binary was built from, if that checkout still
+/// exists and still holds it. Guest builds may read it (it is the host's own,
+/// public code), so crates made by `smithers-host new` resolve it by path.
+pub fn host_sdk_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .join("guest-sdk");
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    let is_sdk = manifest.contains("name = \"smithers-sdk\"") && dir.join("wit").is_dir();
+    is_sdk.then(|| std::fs::canonicalize(&dir).ok()).flatten()
+}
+
 /// Builds guest crates, confined, into a shared target dir.
 pub struct GuestBuilder {
     settings: BuildSettings,
