@@ -188,11 +188,6 @@ fn build_settings(
         .and_then(|()| std::fs::canonicalize(&build_dir))
         .map_err(|e| refuse(format!("build dir {}: {e}", build_dir.display())))?;
     let mut sources = Vec::new();
-    // The host's own SDK (when its checkout is still there) is readable by
-    // builds, so crates made by `smithers-host new` resolve it by path.
-    if let Some(sdk) = host_sdk_dir() {
-        sources.push(sdk);
-    }
     for source in &config.build_sources {
         let canonical = std::fs::canonicalize(source)
             .ok()
@@ -204,6 +199,11 @@ fn build_settings(
                 ))
             })?;
         sources.push(canonical);
+    }
+    // The host's own SDK (when its checkout is still there) is readable by
+    // builds, so crates made by `smithers-host new` resolve it by path.
+    if let Some(sdk) = host_sdk_dir().filter(|sdk| !sources.iter().any(|s| sdk.starts_with(s))) {
+        sources.push(sdk);
     }
     check_settings(root_dir, state_dir, &target_dir, &sources)?;
     Ok(BuildSettings {
