@@ -3,8 +3,9 @@
 
 mod follow;
 mod limits;
+mod live;
 mod local;
-mod print;
+mod pretty;
 mod remote;
 mod up;
 
