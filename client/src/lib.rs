@@ -1,7 +1,8 @@
 //! A Rust client for smithers-host's HTTP API (and the Smithers server it is
 //! compatible with): the functions of Smithers' PI client — run, resume,
 //! approve, deny, stream events, status, frames, cancel, list runs — plus
-//! signals and the pending-approvals list.
+//! signals, the pending-approvals list, and what a run produced (one node's
+//! iterations, the run's outputs).
 //!
 //! This crate speaks only HTTP: it never links the engine, so it builds in
 //! seconds and works against any host it can reach. Errors keep the server's
@@ -38,6 +39,7 @@
 
 mod error;
 pub mod events;
+pub mod outputs;
 pub mod sse;
 pub mod types;
 
@@ -51,10 +53,13 @@ use url::Url;
 
 pub use error::Error;
 pub use events::{Event, EventKind, EventStream, StreamOptions};
+pub use outputs::{
+    AttemptView, IterationView, NodeQuery, NodeView, OutputView, OutputsPage, OutputsQuery,
+};
 pub use types::{
-    CancelOutcome, Decision, ErrorInfo, Frame, FramesQuery, ListRuns, NodeState, PendingApproval,
-    RunAccepted, RunState, RunStatus, RunStatusView, RunSummary, RunWorkflow, Signal,
-    SignalReceipt,
+    AttemptState, CancelOutcome, Decision, ErrorInfo, Frame, FramesQuery, ListRuns, NodeState,
+    PendingApproval, RunAccepted, RunState, RunStatus, RunStatusView, RunSummary, RunWorkflow,
+    Signal, SignalReceipt,
 };
 
 /// Where a client connects when told nothing: Smithers' default.
@@ -296,6 +301,66 @@ impl Client {
         .await
     }
 
+    /// A node of a run at each of its iterations: state, attempts, output,
+    /// error (`GET /v1/runs/:id/nodes/:node`, smithers-host). 404
+    /// `RUN_NOT_FOUND` or `NODE_NOT_FOUND` when there is no such thing.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: smithers_client::Client) -> Result<(), smithers_client::Error> {
+    /// use smithers_client::NodeQuery;
+    /// let node = client.node("hello-1", "greet", &NodeQuery::default()).await?;
+    /// println!("{:?}", node.iterations[0].output);
+    /// # Ok(()) }
+    /// ```
+    pub async fn node(
+        &self,
+        run_id: &str,
+        node_id: &str,
+        query: &NodeQuery,
+    ) -> Result<NodeView, Error> {
+        let mut params = page_params(query.cursor.as_deref(), query.limit);
+        if let Some(iteration) = query.iteration {
+            params.push(("iteration", iteration.to_string()));
+        }
+        self.call::<(), _>(
+            Method::GET,
+            &["v1", "runs", run_id, "nodes", node_id],
+            &params,
+            None,
+        )
+        .await
+    }
+
+    /// A page of a run's committed outputs (`GET /v1/runs/:id/outputs`,
+    /// smithers-host), in the order their nodes were first mounted.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: smithers_client::Client) -> Result<(), smithers_client::Error> {
+    /// use smithers_client::OutputsQuery;
+    /// let mut query = OutputsQuery::default();
+    /// loop {
+    ///     let page = client.outputs("hello-1", &query).await?;
+    ///     for item in &page.outputs {
+    ///         println!("{} {}", item.node_id, item.output);
+    ///     }
+    ///     match page.next_cursor {
+    ///         Some(cursor) => query.cursor = Some(cursor),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn outputs(&self, run_id: &str, query: &OutputsQuery) -> Result<OutputsPage, Error> {
+        let params = page_params(query.cursor.as_deref(), query.limit);
+        self.call::<(), _>(
+            Method::GET,
+            &["v1", "runs", run_id, "outputs"],
+            &params,
+            None,
+        )
+        .await
+    }
+
     /// Cancels a running or parked run; 409 `RUN_NOT_ACTIVE` once it ended.
     pub async fn cancel(&self, run_id: &str) -> Result<CancelOutcome, Error> {
         self.call(
@@ -421,6 +486,18 @@ impl Client {
             ),
         })
     }
+}
+
+/// The `cursor` and `limit` query parameters of a paged route.
+fn page_params(cursor: Option<&str>, limit: Option<u32>) -> Vec<(&'static str, String)> {
+    let mut params = Vec::new();
+    if let Some(cursor) = cursor {
+        params.push(("cursor", cursor.to_string()));
+    }
+    if let Some(limit) = limit {
+        params.push(("limit", limit.to_string()));
+    }
+    params
 }
 
 #[cfg(test)]

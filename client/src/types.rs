@@ -111,6 +111,20 @@ open_enum!(
     }
 );
 
+open_enum!(
+    /// State of one attempt of a task.
+    AttemptState {
+        /// Running (or interrupted by a crash, until the run resumes).
+        InProgress = "in-progress",
+        /// Produced the output.
+        Finished = "finished",
+        /// Failed.
+        Failed = "failed",
+        /// Stopped by cancellation or a crash.
+        Cancelled = "cancelled",
+    }
+);
+
 /// A structured error as events and runs carry it (`RunFailed.error`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 struct Project {
     root: tempfile::TempDir,
@@ -58,12 +58,19 @@ fn ndjson(output: &Output) -> Vec<Value> {
         .collect()
 }
 
-fn node_output(events: &[Value], node: &str) -> Option<Value> {
-    // Outputs are not events; read them back with `status --json` instead.
+fn node_finished<'a>(events: &'a [Value], node: &str) -> &'a Value {
     events
         .iter()
         .find(|e| e["type"] == "NodeFinished" && e["nodeId"] == node)
-        .cloned()
+        .unwrap_or_else(|| panic!("no NodeFinished of {node}"))
+}
+
+/// No control character but newlines: nothing a workflow chose can drive
+/// the terminal.
+fn assert_terminal_safe(text: &str) {
+    if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\n') {
+        panic!("control character {c:?} in:\n{text}");
+    }
 }
 
 #[test]
@@ -88,11 +95,118 @@ fn hello_greets_its_input_and_exits_zero() {
         (0..seqs.len() as u64).collect::<Vec<_>>(),
         "gap-free seqs from 0"
     );
-    assert!(node_output(&events, "greet").is_some());
+    // The output rides on NodeFinished, every other field as stored.
+    let finished = node_finished(&events, "greet");
+    assert_eq!(finished["output"], json!({"greeting": "Hello, Ada!"}));
+    for field in [
+        "runId",
+        "nodeId",
+        "iteration",
+        "attempt",
+        "seq",
+        "timestampMs",
+    ] {
+        assert!(finished.get(field).is_some(), "{field} kept: {finished}");
+    }
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["type"] != "NodeFinished")
+            .all(|e| e.get("output").is_none()),
+        "only NodeFinished gains an output"
+    );
     let status = project.host(&["status", "h1", "--json"]);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["status"], "finished");
     assert_eq!(status["summary"]["finished"], 1);
+    assert_eq!(
+        status["outputs"],
+        json!([{"nodeId": "greet", "iteration": 0, "state": "finished", "label": null,
+                "output": {"greeting": "Hello, Ada!"}}])
+    );
+}
+
+#[test]
+fn run_shows_each_output_as_it_finishes_and_the_result_in_plain_lines_off_a_terminal() {
+    let project = Project::new(&["hello"]);
+    let out = project.host(&[
+        "run",
+        "hello.wasm",
+        "--input",
+        r#"{"name":"Ada"}"#,
+        "--run-id",
+        "p1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_terminal_safe(&stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"run p1 started (hello)"), "{stdout}");
+    // One line per node with its state and duration, the output under it.
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("finished") && l.contains(" greet ") && l.ends_with(" ms"))
+        .unwrap_or_else(|| panic!("no line for greet:\n{stdout}"));
+    assert_eq!(
+        lines[at + 1..at + 4],
+        ["  {", r#"    "greeting": "Hello, Ada!""#, "  }"],
+        "{stdout}"
+    );
+    // Then the run's end and its result: every output, one line each.
+    let end = lines
+        .iter()
+        .position(|l| l.starts_with("run finished in "))
+        .unwrap_or_else(|| panic!("no end line:\n{stdout}"));
+    assert_eq!(
+        lines[end + 1..],
+        [
+            "result",
+            &format!("  {:<28} {}", "greet", r#"{"greeting":"Hello, Ada!"}"#)
+        ],
+        "{stdout}"
+    );
+
+    let out = project.host(&["status", "p1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stdout.ends_with(&format!(
+            "outputs\n  {:<28} {}\n",
+            "greet", r#"{"greeting":"Hello, Ada!"}"#
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn text_a_workflow_chose_never_drives_the_terminal() {
+    let project = Project::new(&[]);
+    std::fs::copy(
+        common::guest("fixture-scripted"),
+        project.root.path().join("scripted.wasm"),
+    )
+    .unwrap();
+    let hostile = "\u{1b}[2J\u{9b}31m\u{7f}\u{7}";
+    let input = json!({"root": {"sequence": [
+        {"task": {"id": format!("x{hostile}"), "output": {"s": hostile}}},
+        {"task": {"id": "talk", "log": format!("red{hostile}"), "stdout": hostile}},
+    ]}})
+    .to_string();
+    let out = project.host(&["run", "scripted.wasm", "--input", &input, "--run-id", "t"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_terminal_safe(&stdout);
+    assert!(
+        stdout.contains("\\u{1b}[2J"),
+        "escaped, not dropped:\n{stdout}"
+    );
+    for args in [&["status", "t"][..], &["status", "t", "--json"][..]] {
+        let out = project.host(args);
+        assert_terminal_safe(&String::from_utf8_lossy(&out.stdout));
+    }
+    // JSON keeps the exact value: escapes are JSON's own.
+    let out = project.host(&["status", "t", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["outputs"][0]["output"]["s"], hostile);
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use smithers_client::{
-    Client, Decision, Error, EventKind, FramesQuery, ListRuns, RunStatus, RunWorkflow, Signal,
-    StreamOptions,
+    AttemptState, Client, Decision, Error, EventKind, FramesQuery, ListRuns, NodeQuery, NodeState,
+    OutputsQuery, RunStatus, RunWorkflow, Signal, StreamOptions,
 };
 
 use client_support::{Host, all_events, events_until, types, waiting_approval};
@@ -337,4 +337,74 @@ async fn a_wrong_key_is_unauthorized_and_an_absent_host_is_transient() {
         "{first:?}"
     );
     assert!(futures::StreamExt::next(&mut stream).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_outputs_read_what_a_run_produced_typed_and_paged() {
+    let host = Host::start();
+    let scripted = host.install("fixture-scripted");
+    let client = host.client();
+    let input = json!({"root": {"sequence": [
+        {"task": {"id": "flaky", "failAttempts": 1, "retries": 2, "backoff": "fixed",
+                  "initialDelayMs": 10, "output": {"ok": true}}},
+        {"loop": {"id": "refine", "max": 3, "children": [{"task": {"id": "draft"}}]}},
+    ]}});
+    client
+        .run_workflow(&RunWorkflow::new(&scripted).input(input).run_id("p1"))
+        .await
+        .unwrap();
+    all_events(&client, "p1").await;
+
+    let flaky = client
+        .node("p1", "flaky", &NodeQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(flaky.next_cursor, None);
+    let only = &flaky.iterations[0];
+    assert_eq!(only.state, NodeState::Finished);
+    assert_eq!(only.output, Some(json!({"ok": true})));
+    let states: Vec<&AttemptState> = only.attempts.iter().map(|a| &a.state).collect();
+    assert_eq!(states, [&AttemptState::Failed, &AttemptState::Finished]);
+    assert_eq!(only.attempt_count, 2);
+
+    let draft = client
+        .node("p1", "draft", &NodeQuery::iteration(1))
+        .await
+        .unwrap();
+    assert_eq!(draft.iterations.len(), 1);
+    assert_eq!(draft.iterations[0].output.as_ref().unwrap()["iteration"], 1);
+
+    // Every output once, a page of one at a time.
+    let mut query = OutputsQuery {
+        limit: Some(1),
+        ..OutputsQuery::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = client.outputs("p1", &query).await.unwrap();
+        assert!(page.outputs.len() <= 1);
+        seen.extend(
+            page.outputs
+                .iter()
+                .map(|o| (o.node_id.clone(), o.iteration)),
+        );
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    let expected: Vec<(String, u32)> = [("flaky", 0), ("draft", 0), ("draft", 1), ("draft", 2)]
+        .iter()
+        .map(|(n, i)| (n.to_string(), *i))
+        .collect();
+    assert_eq!(seen, expected);
+
+    assert_eq!(
+        api_code(client.node("p1", "nope", &NodeQuery::default()).await),
+        (404, "NODE_NOT_FOUND".into())
+    );
+    assert_eq!(
+        api_code(client.outputs("ghost", &OutputsQuery::default()).await),
+        (404, "RUN_NOT_FOUND".into())
+    );
 }

@@ -6,7 +6,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use client_support::{Host, events_until, waiting_approval};
 
@@ -77,8 +77,27 @@ async fn start_watch_status_runs_and_frames() {
             .any(|l| l.starts_with("finished") && l.contains("greet") && l.ends_with(" ms")),
         "{text}"
     );
-    assert!(
-        lines.last().unwrap().starts_with("run finished in "),
+    // Each output under its node's line, whole off a terminal; the run's
+    // outputs after its end.
+    let greet = lines
+        .iter()
+        .position(|l| l.starts_with("finished"))
+        .unwrap();
+    assert_eq!(
+        lines[greet + 1..greet + 4],
+        ["  {", r#"    "greeting": "Hello, Ada!""#, "  }"],
+        "{text}"
+    );
+    let end = lines
+        .iter()
+        .position(|l| l.starts_with("run finished in "))
+        .unwrap_or_else(|| panic!("no end line: {text}"));
+    assert_eq!(
+        lines[end + 1..],
+        [
+            "result",
+            &format!("  {:<28} {}", "greet", r#"{"greeting":"Hello, Ada!"}"#)
+        ],
         "{text}"
     );
     assert!(
@@ -93,6 +112,9 @@ async fn start_watch_status_runs_and_frames() {
         .collect();
     assert_eq!(events.first().unwrap()["type"], "RunStarted");
     assert_eq!(events.last().unwrap()["type"], "RunFinished");
+    let finished = events.iter().find(|e| e["type"] == "NodeFinished").unwrap();
+    assert_eq!(finished["output"], json!({"greeting": "Hello, Ada!"}));
+    assert_eq!(finished["nodeId"], "greet");
 
     let out = cli(&host, &["status", "h1"], &[]).await;
     assert!(
@@ -100,8 +122,20 @@ async fn start_watch_status_runs_and_frames() {
         "{}",
         stdout(&out)
     );
+    assert!(
+        stdout(&out).ends_with(&format!(
+            "outputs\n  {:<28} {}\n",
+            "greet", r#"{"greeting":"Hello, Ada!"}"#
+        )),
+        "{}",
+        stdout(&out)
+    );
     let out = cli(&host, &["--json", "status", "h1"], &[]).await;
     assert_eq!(json(&out)["status"], "finished");
+    assert_eq!(
+        json(&out)["outputs"][0]["output"],
+        json!({"greeting": "Hello, Ada!"})
+    );
 
     // SMITHERS_URL instead of --url; `start --json`.
     let url = host.url.clone();
@@ -223,4 +257,81 @@ async fn the_api_key_comes_from_the_environment_and_an_absent_host_exits_70() {
         .unwrap();
     assert_eq!(out.status.code(), Some(70));
     assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_and_node_show_what_a_run_produced() {
+    let host = Host::start();
+    let scripted = host.install("fixture-scripted");
+    let input = json!({"root": {"sequence": [
+        {"task": {"id": "flaky", "failAttempts": 1, "retries": 2, "backoff": "fixed",
+                  "initialDelayMs": 10, "output": {"ok": true}}},
+        {"loop": {"id": "refine", "max": 3, "children": [{"task": {"id": "draft"}}]}},
+    ]}})
+    .to_string();
+    let out = cli(
+        &host,
+        &[
+            "start", &scripted, "--input", &input, "--run-id", "o1", "--watch",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Every output, pretty, under its node.
+    let out = cli(&host, &["outputs", "o1"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("flaky\n  {\n    \"ok\": true\n  }\ndraft\n"),
+        "{text}"
+    );
+    assert!(text.contains("\ndraft[2]\n"), "{text}");
+    // A page at a time, with the command that continues.
+    let out = cli(&host, &["outputs", "o1", "--limit", "1"], &[]).await;
+    let text = stdout(&out);
+    let more = text
+        .lines()
+        .find_map(|l| l.strip_prefix("more: smithers-host client outputs o1 --cursor "))
+        .unwrap_or_else(|| panic!("no continuation: {text}"));
+    let out = cli(
+        &host,
+        &["--json", "outputs", "o1", "--limit", "1", "--cursor", more],
+        &[],
+    )
+    .await;
+    assert_eq!(json(&out)["outputs"][0]["nodeId"], "draft");
+
+    // A node: its attempts, then its output.
+    let out = cli(&host, &["node", "o1", "flaky"], &[]).await;
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "flaky  finished  2 attempts", "{text}");
+    assert!(lines[1].starts_with("  attempt 1   failed"), "{text}");
+    assert!(
+        lines[1].ends_with("TASK_FAILED: planned failure on attempt 1"),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("  attempt 2   finished"), "{text}");
+    assert_eq!(
+        lines[3..],
+        ["  output", "    {", "      \"ok\": true", "    }"],
+        "{text}"
+    );
+    let out = cli(
+        &host,
+        &["--json", "node", "o1", "draft", "--iteration", "2"],
+        &[],
+    )
+    .await;
+    assert_eq!(json(&out)["iterations"][0]["output"]["iteration"], 2);
+
+    // Refusals keep the envelope's code, exit 6.
+    let out = cli(&host, &["node", "o1", "nope"], &[]).await;
+    assert_eq!(out.status.code(), Some(6));
+    assert!(stderr(&out).contains("NODE_NOT_FOUND"), "{}", stderr(&out));
+    let out = cli(&host, &["outputs", "ghost"], &[]).await;
+    assert_eq!(out.status.code(), Some(6));
+    assert!(stderr(&out).contains("RUN_NOT_FOUND"), "{}", stderr(&out));
 }

@@ -1,22 +1,26 @@
-//! Following a run in the foreground: print its events until its driver
-//! stops, then say how it ended and how to continue it.
+//! Following a run in the foreground: show its events until its driver
+//! stops (the shared live view, or NDJSON with `--json`, `NodeFinished`
+//! carrying the node's `output`), list its outputs if it finished, then say
+//! how it ended and how to continue it.
 
 use std::path::Path;
 use std::pin::pin;
 
 use futures::StreamExt;
 use serde_json::Value;
+use std::io::Write;
 
+use super::live::{self, ResultList, View};
 use super::local::fail;
-use super::print::Printer;
 use super::{
     EXIT_CANCELLED, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERNAL, EXIT_REFUSED, EXIT_WAITING_APPROVAL,
     EXIT_WAITING_SIGNAL,
 };
 use crate::app::App;
 use crate::engine::events;
+use crate::engine::outputs::Page;
 use crate::model::{NodeState, RunId, RunStatus};
-use crate::store::{NodeRow, RunRow};
+use crate::store::{NodeRow, RunRow, StoredEvent};
 
 pub(super) async fn read_run(app: &App, run_id: &RunId) -> Result<(RunRow, Vec<NodeRow>), u8> {
     let id = run_id.clone();
@@ -42,7 +46,8 @@ pub(super) async fn last_seq(app: &App, run_id: &RunId) -> Result<i64, u8> {
 /// reports how the run ended and how to continue it. Ctrl-C leaves the run
 /// durable and says how to resume it.
 pub(super) async fn follow_until_idle(app: &App, run_id: &RunId, after_seq: i64, json: bool) -> u8 {
-    let mut printer = Printer::new(json);
+    // The exact local commands that continue a parked run come at the end.
+    let mut view = (!json).then(|| View::new(run_id.as_str(), None));
     let mut stream = pin!(events::follow(
         app.engine.store().clone(),
         run_id.clone(),
@@ -60,9 +65,14 @@ pub(super) async fn follow_until_idle(app: &App, run_id: &RunId, after_seq: i64,
             item = stream.next() => match item {
                 Some(Ok(event)) => {
                     printed = event.seq as i64;
-                    printer.print(&event);
+                    show(app, run_id, &event, view.as_mut()).await;
                 }
-                Some(Err(e)) => return fail(e, EXIT_INTERNAL),
+                Some(Err(e)) => {
+                    if let Some(view) = &view {
+                        view.finish();
+                    }
+                    return fail(e, EXIT_INTERNAL);
+                }
                 None => break,
             },
             _ = &mut idle, if !idle_seen => {
@@ -73,6 +83,9 @@ pub(super) async fn follow_until_idle(app: &App, run_id: &RunId, after_seq: i64,
                 }
             }
             _ = tokio::signal::ctrl_c() => {
+                if let Some(view) = &view {
+                    view.finish();
+                }
                 eprintln!(
                     "\ninterrupted: run {run_id} is saved; continue it with:\n  {}",
                     continue_command(app, &format!("resume {run_id}"))
@@ -81,11 +94,75 @@ pub(super) async fn follow_until_idle(app: &App, run_id: &RunId, after_seq: i64,
             }
         }
     }
+    if let Some(view) = &view {
+        view.finish();
+    }
     let (run, nodes) = match read_run(app, run_id).await {
         Ok(found) => found,
         Err(code) => return code,
     };
+    if let (Some(view), RunStatus::Finished) = (&view, run.status) {
+        print_result(app, run_id, view).await;
+    }
     report(app, &run, &nodes, json)
+}
+
+/// Shows one event: on the view with the output of a finished node under
+/// its line, or as a JSON line (`NodeFinished` with `output` added).
+async fn show(app: &App, run_id: &RunId, event: &StoredEvent, view: Option<&mut View>) {
+    let output = match event.event_type.as_str() {
+        "NodeFinished" => finished_output(app, run_id, &event.json).await,
+        _ => None,
+    };
+    let Some(view) = view else {
+        let line = live::with_output(&event.json, output.as_ref());
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+        return;
+    };
+    let Ok(body) = serde_json::from_str::<Value>(&event.json) else {
+        return;
+    };
+    view.event(&smithers_client::Event::from_json(body, event.seq));
+    if let Some(output) = &output {
+        view.output(output);
+    }
+}
+
+/// The committed output of the node a `NodeFinished` event is about.
+async fn finished_output(app: &App, run_id: &RunId, event_json: &str) -> Option<Value> {
+    let body: Value = serde_json::from_str(event_json).ok()?;
+    let node_id = body.get("nodeId")?.as_str()?;
+    let iteration = u32::try_from(body.get("iteration")?.as_u64()?).ok()?;
+    let page = Page::first(Page::DEFAULT_MAX_BYTES);
+    let node = app
+        .engine
+        .node(run_id, node_id, Some(iteration), page)
+        .await
+        .ok()?;
+    node.iterations.into_iter().next()?.output
+}
+
+/// Lists the outputs of a finished run under `result`.
+async fn print_result(app: &App, run_id: &RunId, view: &View) {
+    let hint = continue_command(app, &format!("status {run_id}"));
+    let mut list = ResultList::new(view, hint);
+    let mut page = Page::first(Page::DEFAULT_MAX_BYTES);
+    loop {
+        let Ok(found) = app.engine.outputs(run_id, page).await else {
+            return;
+        };
+        let entries = found
+            .outputs
+            .iter()
+            .map(|o| (o.node_id.as_str(), o.iteration, &o.output));
+        if !list.page(entries) {
+            return;
+        }
+        match found.next_cursor {
+            Some(cursor) => page.cursor = Some(cursor),
+            None => return,
+        }
+    }
 }
 
 fn report(app: &App, run: &RunRow, nodes: &[NodeRow], json: bool) -> u8 {

@@ -7,9 +7,13 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+use std::io::Write;
+
 use super::follow::{follow_until_idle, last_seq, read_run};
+use super::pretty;
 use super::{EXIT_FAILED, EXIT_FINISHED, EXIT_INTERNAL, EXIT_REFUSED};
 use crate::app::{App, AppConfig};
+use crate::engine::outputs::{OutputView, Page};
 use crate::engine::{ApprovalDecision, EngineError, StartRequest};
 use crate::model::RunId;
 use crate::store::NodeRow;
@@ -281,37 +285,84 @@ pub async fn status(config: AppConfig, args: StatusArgs) -> u8 {
         async move {
             let run_id = run_id(&args.run)?;
             let (run, nodes) = read_run(app, &run_id).await?;
+            let mut out = std::io::stdout();
             if args.json {
-                println!(
-                    "{}",
-                    json!({
-                        "runId": run.run_id,
-                        "workflowName": run.workflow_name,
-                        "status": run.status,
-                        "startedAtMs": run.started_at_ms,
-                        "finishedAtMs": run.finished_at_ms,
-                        "workflowHash": run.workflow_hash,
-                        "summary": summary(&nodes),
-                    })
-                );
+                let head = json!({
+                    "runId": run.run_id,
+                    "workflowName": run.workflow_name,
+                    "status": run.status,
+                    "startedAtMs": run.started_at_ms,
+                    "finishedAtMs": run.finished_at_ms,
+                    "workflowHash": run.workflow_hash,
+                    "summary": summary(&nodes),
+                })
+                .to_string();
+                // The outputs go out a page at a time, never all in memory.
+                let head = pretty::safe_json(&head);
+                let _ = write!(out, "{},\"outputs\":[", &head[..head.len() - 1]);
+                let mut first = true;
+                each_output(app, &run_id, |item| {
+                    let comma = if std::mem::take(&mut first) { "" } else { "," };
+                    let item = serde_json::to_string(item).expect("serializable");
+                    let _ = write!(out, "{comma}{}", pretty::safe_json(&item));
+                })
+                .await?;
+                let _ = writeln!(out, "]}}");
             } else {
-                println!("run       {}", run.run_id);
-                println!("workflow  {} ({})", run.workflow_name, run.workflow_path);
-                println!("status    {}", run.status);
+                let _ = writeln!(out, "run       {}", run.run_id);
+                let _ = writeln!(
+                    out,
+                    "workflow  {} ({})",
+                    pretty::safe(&run.workflow_name),
+                    run.workflow_path
+                );
+                let _ = writeln!(out, "status    {}", run.status);
                 for node in &nodes {
-                    println!(
-                        "  {:<14} {}{}",
+                    let _ = writeln!(
+                        out,
+                        "  {:<14} {}",
                         node.state.as_str(),
-                        node.key.node_id,
-                        iteration_suffix(node)
+                        pretty::node_label(&node.key.node_id, node.key.iteration)
                     );
                 }
+                let fit = pretty::Fit::stdout();
+                let mut first = true;
+                each_output(app, &run_id, |item| {
+                    if std::mem::take(&mut first) {
+                        let _ = writeln!(out, "outputs");
+                    }
+                    let entry =
+                        pretty::output_entry(&item.node_id, item.iteration, &item.output, fit);
+                    let _ = writeln!(out, "{entry}");
+                })
+                .await?;
             }
             Ok(EXIT_FINISHED)
         }
         .boxed()
     })
     .await
+}
+
+/// Calls `each` on every output of the run, reading them a page at a time.
+async fn each_output(
+    app: &App,
+    run_id: &RunId,
+    mut each: impl FnMut(&OutputView),
+) -> Result<(), u8> {
+    let mut page = Page::first(Page::DEFAULT_MAX_BYTES);
+    loop {
+        let found = app
+            .engine
+            .outputs(run_id, page)
+            .await
+            .map_err(engine_failure)?;
+        found.outputs.iter().for_each(&mut each);
+        match found.next_cursor {
+            Some(cursor) => page.cursor = Some(cursor),
+            None => return Ok(()),
+        }
+    }
 }
 
 pub async fn runs(config: AppConfig, args: ListArgs) -> u8 {
@@ -382,14 +433,6 @@ pub async fn preflight(config: AppConfig, args: PreflightArgs) -> u8 {
         .boxed()
     })
     .await
-}
-
-fn iteration_suffix(node: &NodeRow) -> String {
-    if node.key.iteration > 0 {
-        format!(" [iteration {}]", node.key.iteration)
-    } else {
-        String::new()
-    }
 }
 
 fn summary(nodes: &[NodeRow]) -> std::collections::BTreeMap<&'static str, u64> {

@@ -3,9 +3,10 @@
 
 mod follow;
 mod limits;
+mod live;
 mod local;
 mod new;
-mod print;
+mod pretty;
 mod remote;
 mod up;
 
@@ -85,6 +86,10 @@ pub struct ServerArgs {
     /// Most open SSE event streams from one client address.
     #[arg(long, global = true, default_value_t = 256)]
     pub max_sse_per_client: usize,
+    /// Most bytes of outputs one answer of `/v1/runs/:id/outputs` or
+    /// `/v1/runs/:id/nodes/:node` carries; the rest comes in later pages.
+    #[arg(long, global = true, default_value_t = 4_194_304)]
+    pub max_output_page_bytes: u64,
     /// Do not watch the root dir for changed `.wasm` files to precompile.
     #[arg(long, global = true)]
     pub no_watch: bool,
@@ -113,6 +118,7 @@ impl ServerArgs {
                 max_total: self.max_sse_subscribers,
                 max_per_client: self.max_sse_per_client,
             },
+            max_output_page_bytes: self.max_output_page_bytes,
         }
     }
 }

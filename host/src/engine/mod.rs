@@ -7,6 +7,7 @@
 //! It knows nothing about HTTP.
 
 pub mod events;
+pub mod outputs;
 pub mod preflight;
 mod run;
 mod schedule;
@@ -78,6 +79,14 @@ pub enum EngineError {
     /// Approve/deny of a node that is not waiting.
     #[error("{0}")]
     NotWaitingForApproval(String),
+    /// The run never mounted this node (at this iteration).
+    #[error("Node not found: {node_id}{}", iteration.map(|i| format!(" at iteration {i}")).unwrap_or_default())]
+    NodeNotFound {
+        /// The node asked for.
+        node_id: String,
+        /// The iteration asked for, if any.
+        iteration: Option<u32>,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(StoreError),

@@ -54,6 +54,8 @@ pub enum ErrorCode {
     RunNotActive,
     /// Approve/deny of a node that is not waiting for a decision.
     NodeNotWaiting,
+    /// A node (or iteration) the run never mounted.
+    NodeNotFound,
     /// The database cannot commit.
     StorageUnavailable,
     /// The host is shutting down.
@@ -87,6 +89,7 @@ impl ErrorCode {
             Self::RunNotFound => "RUN_NOT_FOUND",
             Self::RunNotActive => "RUN_NOT_ACTIVE",
             Self::NodeNotWaiting => "NODE_NOT_WAITING",
+            Self::NodeNotFound => "NODE_NOT_FOUND",
             Self::StorageUnavailable => "STORAGE_UNAVAILABLE",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::TooManyStreams => "TOO_MANY_STREAMS",
@@ -106,7 +109,7 @@ impl ErrorCode {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotFound | Self::RunNotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::RunNotFound | Self::NodeNotFound => StatusCode::NOT_FOUND,
             Self::RunAlreadyExists | Self::RunNotActive | Self::NodeNotWaiting => {
                 StatusCode::CONFLICT
             }
@@ -190,6 +193,21 @@ impl ApiError {
         }
     }
 
+    /// Maps an engine error on the routes that read a run's nodes and
+    /// outputs, where an unknown run is `RUN_NOT_FOUND "Run not found"`.
+    pub fn from_read(error: EngineError) -> Self {
+        match error {
+            EngineError::RunNotFound(_) => Self::unknown_run(),
+            other => other.into(),
+        }
+    }
+
+    /// `404 RUN_NOT_FOUND "Run not found"`, the answer of the node and
+    /// outputs routes for an unknown run.
+    pub fn unknown_run() -> Self {
+        Self::new(ErrorCode::RunNotFound, "Run not found")
+    }
+
     /// The status it is answered with.
     pub fn status(&self) -> StatusCode {
         self.code.status()
@@ -223,6 +241,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::NotWaitingForApproval(message) => {
                 Self::new(ErrorCode::NodeNotWaiting, message)
+            }
+            e @ EngineError::NodeNotFound { .. } => {
+                Self::new(ErrorCode::NodeNotFound, e.to_string())
             }
             EngineError::Store(e) => e.into(),
             EngineError::ShuttingDown => {

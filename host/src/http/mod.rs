@@ -4,7 +4,7 @@
 //! wire shapes of requests; it never writes SQL and holds no run state of its
 //! own (runs, events and approvals live in the store, so a restart loses
 //! nothing). Map: [`router`] assembles the routes and layers; `runs`,
-//! `approvals` and `events` hold the handlers; `extract` the body and query
+//! `approvals`, `events` and `outputs` hold the handlers; `extract` the body and query
 //! parsing; `auth` the token and Host/Origin checks; `error` the envelope;
 //! `metrics` the Prometheus text; `ops` `/health`, `/metrics` and fallbacks;
 //! `listen` the accept loop, `connections` the connection limit and idle
@@ -23,6 +23,7 @@ pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod outputs;
 pub mod runs;
 pub mod serve;
 pub mod subscribers;
@@ -77,6 +78,9 @@ pub struct ServerConfig {
     pub connections: ConnectionLimits,
     /// SSE stream limits.
     pub streams: StreamLimits,
+    /// Most bytes of outputs one answer of the node and outputs routes
+    /// carries (a single larger output still goes alone in its page).
+    pub max_output_page_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +94,7 @@ impl Default for ServerConfig {
             trust_any_host: false,
             connections: ConnectionLimits::default(),
             streams: StreamLimits::default(),
+            max_output_page_bytes: crate::engine::outputs::Page::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -129,10 +134,11 @@ impl ServerConfig {
             || connections.max_connections == 0
             || streams.max_total == 0
             || streams.max_per_client == 0
+            || self.max_output_page_bytes == 0
         {
             return Err(ServeError::InvalidLimit(
-                "--idle-timeout-secs, --max-connections, --max-sse-subscribers and \
-                 --max-sse-per-client must be positive"
+                "--idle-timeout-secs, --max-connections, --max-sse-subscribers, \
+                 --max-sse-per-client and --max-output-page-bytes must be positive"
                     .into(),
             ));
         }
@@ -170,6 +176,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// Open SSE streams and their limits.
     pub streams: Arc<Subscribers>,
+    /// Most bytes of outputs per answer of the node and outputs routes.
+    pub output_page_bytes: u64,
 }
 
 impl ApiState {
@@ -184,6 +192,7 @@ impl ApiState {
             sandbox: Arc::new(RwLock::new(None)),
             shutdown: CancellationToken::new(),
             streams: Subscribers::new(config.streams),
+            output_page_bytes: config.max_output_page_bytes,
         }
     }
 }
@@ -221,6 +230,8 @@ pub fn router(state: ApiState, policy: AccessPolicy) -> Router {
         .route("/v1/runs/{run_id}/cancel", post(runs::cancel))
         .route("/v1/runs/{run_id}/events", get(events::stream))
         .route("/v1/runs/{run_id}/frames", get(runs::frames))
+        .route("/v1/runs/{run_id}/outputs", get(outputs::outputs))
+        .route("/v1/runs/{run_id}/nodes/{node_id}", get(outputs::node))
         .route(
             "/v1/runs/{run_id}/nodes/{node_id}/approve",
             post(approvals::approve),

@@ -207,6 +207,22 @@ pub const OPERATIONS: &[Operation] = &[
         &[E::NotFound],
     ),
     op(
+        "get",
+        "/v1/runs/{runId}/outputs",
+        "listOutputs",
+        "The run's committed outputs, a bounded page at a time (smithers-host)",
+        Input::Query,
+        &[E::RunNotFound],
+    ),
+    op(
+        "get",
+        "/v1/runs/{runId}/nodes/{nodeId}",
+        "getNode",
+        "A node at each iteration: state, attempts, output, error; a bounded page at a time (smithers-host)",
+        Input::Query,
+        &[E::RunNotFound, E::NodeNotFound],
+    ),
+    op(
         "post",
         "/v1/runs/{runId}/nodes/{nodeId}/approve",
         "approveNode",
@@ -287,9 +303,10 @@ documented_codes! {
     WorkflowBuildFailed: "the guest crate does not build",
     RunIdRequired: "resume: true without runId",
     RunAlreadyExists: "the run id is taken",
-    RunNotFound: "resume of a run that does not exist",
+    RunNotFound: "resume of a run that does not exist, or its nodes or outputs asked for",
     RunNotActive: "cancel of a finished or failed run",
     NodeNotWaiting: "approve or deny of a node that is not waiting for a decision",
+    NodeNotFound: "a node (or an iteration of it) the run never mounted",
     StorageUnavailable: "the database cannot commit (disk full, read-only); reads keep working",
     ShuttingDown: "the host is shutting down",
     TooManyStreams: "too many event streams open from this client (--max-sse-per-client) or in all (--max-sse-subscribers)",
@@ -401,6 +418,7 @@ fn parameters(operation: &Operation) -> Vec<Value> {
                 "runId",
                 "Run id; an impossible id is an unknown run",
             )),
+            "{nodeId}" if operation.id == "getNode" => out.push(path_param("nodeId", "Node id")),
             "{nodeId}" => out.push(path_param("nodeId", "Approval node id")),
             "{name}" => out.push(path_param("name", "Signal name")),
             _ => {}
@@ -442,6 +460,27 @@ fn parameters(operation: &Operation) -> Vec<Value> {
                 number.clone(),
             ),
         ]),
+        "listOutputs" | "getNode" => {
+            if operation.id == "getNode" {
+                out.push(query_param(
+                    "iteration",
+                    "Only this loop iteration",
+                    json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX }),
+                ));
+            }
+            out.extend([
+                query_param(
+                    "cursor",
+                    "Continue after an earlier answer: its nextCursor",
+                    json!({ "type": "string", "pattern": "^[0-9]+$" }),
+                ),
+                query_param(
+                    "limit",
+                    "Most items returned (default 100, at most 1000), floored",
+                    json!({ "type": "number", "minimum": 1 }),
+                ),
+            ]);
+        }
         "streamEvents" => out.extend([
             query_param(
                 "afterSeq",
@@ -535,6 +574,8 @@ fn ok_content(id: &str) -> Value {
         "getRun" => json_of(schema_ref("RunStatus")),
         "cancelRun" => json_of(schema_ref("CancelOutcome")),
         "listFrames" => json_of(json!({ "type": "array", "items": schema_ref("Frame") })),
+        "listOutputs" => json_of(schema_ref("OutputsPage")),
+        "getNode" => json_of(schema_ref("NodeView")),
         "approveNode" | "denyNode" => json_of(json!({
             "type": "object", "required": ["runId"], "properties": { "runId": { "type": "string" } },
         })),
@@ -609,7 +650,7 @@ fn components() -> Value {
         "type": "string",
         "enum": ["running", "waiting-approval", "waiting-event", "finished", "failed", "cancelled"],
     });
-    json!({
+    let mut components = json!({
         "securitySchemes": {
             "bearer": { "type": "http", "scheme": "bearer" },
             "smithersKey": { "type": "apiKey", "in": "header", "name": "x-smithers-key" },
@@ -760,7 +801,11 @@ fn components() -> Value {
                 },
             },
         },
-    })
+    });
+    for (name, schema) in super::outputs::schemas() {
+        components["schemas"][name] = schema;
+    }
+    components
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 mod checkpointer;
 mod hub;
+mod outputs;
 mod read;
 mod schema;
 mod writer;
@@ -26,6 +27,7 @@ use tokio::sync::oneshot;
 use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus};
 
 pub use hub::{EventHub, StoredEvent, Subscription};
+pub use outputs::{AttemptRow, Bounded, Bounds, IterationRow, OutputRow};
 pub use read::{ApprovalRow, CronRow, FrameRow, NodeRow, Reader, RunRow, RunSnapshot, SignalRow};
 
 /// How hard a commit is pushed to disk.

@@ -9,6 +9,7 @@
 //! 5 it was cancelled, 6 the server refused the request, 70 the server could
 //! not be reached or answered nonsense.
 
+mod outputs;
 mod watch;
 
 use std::io::Write;
@@ -17,10 +18,12 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
 use smithers_client::{
-    Client, Decision, Error, FramesQuery, ListRuns, RunStatusView, RunWorkflow, Signal,
+    Client, Decision, Error, FramesQuery, ListRuns, OutputsQuery, RunStatusView, RunWorkflow,
+    Signal,
 };
 
 use super::{EXIT_FINISHED, EXIT_INTERNAL, EXIT_REFUSED};
+use super::{live, pretty};
 use crate::model::now_ms;
 
 /// Where the host is and how to talk to it, then the verb.
@@ -43,8 +46,12 @@ pub struct ClientArgs {
 enum Verb {
     /// Start a run; prints its id.
     Start(StartArgs),
-    /// Show a run's status.
+    /// Show a run's status and its outputs.
     Status(RunArg),
+    /// Show a run's outputs, a page at a time.
+    Outputs(outputs::OutputsArgs),
+    /// Show one node of a run: state, attempts, output and error at each iteration.
+    Node(outputs::NodeArgs),
     /// Follow a run live until it ends: one line per node with its state and duration.
     Watch(RunArg),
     /// List pending approvals, oldest first.
@@ -156,6 +163,8 @@ pub async fn main(args: ClientArgs) -> u8 {
     let result = match args.verb {
         Verb::Start(a) => start(&client, a, json).await,
         Verb::Status(a) => status(&client, &a.run, json).await,
+        Verb::Outputs(a) => outputs::outputs(&client, a, json).await,
+        Verb::Node(a) => outputs::node(&client, a, json).await,
         Verb::Watch(a) => return watch::watch(&client, &a.run, json).await,
         Verb::Approvals => approvals(&client, json).await,
         Verb::Approve(a) => decide(&client, a, true, json).await,
@@ -209,7 +218,7 @@ fn fail(e: &Error) -> u8 {
 
 fn print_json(value: &impl Serialize) {
     let text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("\"{e}\""));
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    let _ = writeln!(std::io::stdout().lock(), "{}", pretty::safe_json(&text));
 }
 
 fn print_line(line: &str) {
@@ -249,11 +258,23 @@ async fn start(client: &Client, args: StartArgs, json: bool) -> Outcome {
 }
 
 async fn status(client: &Client, run: &str, json: bool) -> Outcome {
-    let view = client.get_status(run).await?;
+    let mut view = client.get_status(run).await?;
+    // A host without the outputs route (Smithers) still shows the status.
+    let outputs = client.outputs(run, &OutputsQuery::default()).await.ok();
     if json {
+        if let Some(page) = outputs {
+            let listed = serde_json::to_value(&page.outputs).unwrap_or_default();
+            view.extra.insert("outputs".into(), listed);
+            if let Some(cursor) = page.next_cursor {
+                view.extra.insert("outputsNextCursor".into(), cursor.into());
+            }
+        }
         print_json(&view);
     } else {
         print_status(&view);
+        if let Some(page) = outputs {
+            outputs::print_listing(run, &page);
+        }
     }
     Ok(Next::Done)
 }
@@ -275,11 +296,11 @@ fn print_status(view: &RunStatusView) {
     match (view.started_at_ms, view.finished_at_ms) {
         (Some(start), Some(end)) => print_line(&format!(
             "took      {}",
-            watch::duration(end.saturating_sub(start))
+            live::duration(end.saturating_sub(start))
         )),
         (Some(start), None) => print_line(&format!(
             "running   for {}",
-            watch::duration(now_ms().saturating_sub(start))
+            live::duration(now_ms().saturating_sub(start))
         )),
         _ => {}
     }
@@ -313,7 +334,7 @@ async fn approvals(client: &Client, json: bool) -> Outcome {
                 a.run_id.clone(),
                 node,
                 a.workflow_name.clone(),
-                watch::duration(a.waiting_ms),
+                live::duration(a.waiting_ms),
                 a.request_title.clone().unwrap_or_default(),
             ]
         })
@@ -409,13 +430,13 @@ async fn runs(client: &Client, args: RunsArgs, json: bool) -> Outcome {
         .iter()
         .map(|r| {
             let took = match (r.started_at_ms, r.finished_at_ms) {
-                (Some(s), Some(f)) => watch::duration(f.saturating_sub(s)),
-                (Some(s), None) => format!("{}…", watch::duration(now.saturating_sub(s))),
+                (Some(s), Some(f)) => live::duration(f.saturating_sub(s)),
+                (Some(s), None) => format!("{}…", live::duration(now.saturating_sub(s))),
                 _ => String::new(),
             };
             let age = r
                 .created_at_ms
-                .map(|c| format!("{} ago", watch::duration(now.saturating_sub(c))))
+                .map(|c| format!("{} ago", live::duration(now.saturating_sub(c))))
                 .unwrap_or_default();
             vec![
                 r.run_id.clone(),
