@@ -10,31 +10,32 @@ use crate::runtime::GuestLimits;
 
 /// What a workflow may consume (see docs/security.md, "Guest limits").
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Guest limits")]
 pub struct LimitArgs {
     /// Deadline of a task that sets no `timeoutMs` (e.g. `900s`, `15m`).
-    #[arg(long, global = true, default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
     pub task_timeout: Duration,
     /// Longest deadline any task gets: a longer `timeoutMs` is clamped to it.
-    #[arg(long, global = true, default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub max_task_timeout: Duration,
     /// Deadline of a workflow's `describe` and of each `render`.
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub render_timeout: Duration,
     /// Largest JSON one `emit` may stream; a larger one fails the task.
-    #[arg(long, global = true, default_value_t = 1_048_576)]
+    #[arg(long, default_value_t = 1_048_576)]
     pub max_emit_bytes: usize,
     /// Largest message one `log` keeps (the rest is cut).
-    #[arg(long, global = true, default_value_t = 65_536)]
+    #[arg(long, default_value_t = 65_536)]
     pub max_log_bytes: usize,
     /// Captured stdout, and stderr, of one guest call (the rest is cut).
-    #[arg(long, global = true, default_value_t = 1_048_576)]
+    #[arg(long, default_value_t = 1_048_576)]
     pub max_stdio_bytes: usize,
     /// Largest output a task may return; a larger one fails the task.
-    #[arg(long, global = true, default_value_t = 1_048_576)]
+    #[arg(long, default_value_t = 1_048_576)]
     pub max_task_output_bytes: usize,
     /// Bytes one run may store (events, logs, outputs, frames); past it the
     /// run fails with OUTPUT_LIMIT_EXCEEDED.
-    #[arg(long, global = true, default_value_t = 268_435_456)]
+    #[arg(long, default_value_t = 268_435_456)]
     pub max_run_stored_bytes: u64,
 }
 
