@@ -50,7 +50,7 @@ impl ReadPool {
 
 /// A read-only view of the database.
 pub struct Reader<'c> {
-    conn: &'c Connection,
+    pub(super) conn: &'c Connection,
 }
 
 /// A run row, serialized as `GET /v1/runs` lists it.
