@@ -2,6 +2,7 @@
 //! to the module that owns it; no business logic lives here.
 
 mod follow;
+mod gc;
 mod limits;
 mod local;
 mod print;
@@ -64,6 +65,8 @@ pub struct ServeArgs {
     /// sources change.
     #[arg(long, help_heading = "Server")]
     dev: bool,
+    #[command(flatten)]
+    retain: gc::RetainArgs,
 }
 
 /// A command that opens a state dir: its own options, then the host's.
@@ -245,6 +248,9 @@ enum Command {
     /// Serve registered workflows as a Gateway (RPC, WebSocket, cron,
     /// webhooks) from a TOML config.
     Gateway(Local<GatewayArgs>),
+    /// Remove runs that ended long ago (with their events, frames, outputs,
+    /// attempts...) and give the space back; live and parked runs are kept.
+    Gc(Local<gc::GcArgs>),
 }
 
 /// Entry point of the binary.
@@ -284,6 +290,7 @@ pub fn main() -> ExitCode {
             Some(Command::Up(c)) => {
                 up::up(c.host.app_config(), c.server.server_config(), c.up).await
             }
+            Some(Command::Gc(c)) => gc::gc(c.host.app_config(), c.args).await,
         }
     });
     // Guest calls may still be unwinding on worker threads; don't wait for them.
@@ -315,6 +322,7 @@ async fn serve(args: ServeArgs) -> u8 {
         Ok(app) => app,
         Err(e) => return local::fail(e, EXIT_REFUSED),
     };
+    args.retain.start(&app.engine);
     let _watch = if args.no_watch {
         None
     } else {
@@ -355,6 +363,8 @@ pub struct GatewayArgs {
     /// Gateway configuration (TOML; see examples/gateway.toml).
     #[arg(long, env = "SMITHERS_GATEWAY_CONFIG")]
     pub config: PathBuf,
+    #[command(flatten)]
+    retain: gc::RetainArgs,
 }
 
 /// Gateway mode: loads and checks the config before opening anything, then
@@ -368,6 +378,7 @@ async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
         Ok(app) => app,
         Err(e) => return local::fail(e, EXIT_REFUSED),
     };
+    args.retain.start(&app.engine);
     match crate::gateway::serve(app, gateway_config, Some(args.config), shutdown_signal()).await {
         Ok(()) => EXIT_FINISHED,
         Err(e) => {
