@@ -32,7 +32,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct RunRef {
     /// Run id.
-    run: String,
+    pub(super) run: String,
     /// Print events as NDJSON instead of readable lines.
     #[arg(long)]
     json: bool,
@@ -41,15 +41,15 @@ pub struct RunRef {
 #[derive(Debug, Args)]
 pub struct DecideArgs {
     /// Run id.
-    run: String,
+    pub(super) run: String,
     /// Approval node id.
-    node: String,
+    pub(super) node: String,
     /// Note recorded with the decision.
     #[arg(long)]
     note: Option<String>,
     /// Loop iteration of the node.
     #[arg(long, default_value_t = 0)]
-    iteration: u32,
+    pub(super) iteration: u32,
     /// Who decides (default: $USER).
     #[arg(long)]
     by: Option<String>,
@@ -61,9 +61,9 @@ pub struct DecideArgs {
 #[derive(Debug, Args)]
 pub struct SignalArgs {
     /// Run id.
-    run: String,
+    pub(super) run: String,
     /// Signal name.
-    name: String,
+    pub(super) name: String,
     /// Payload: JSON text, or `@path` to read it from a file.
     #[arg(long)]
     data: Option<String>,
@@ -78,7 +78,7 @@ pub struct SignalArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Run id.
-    run: String,
+    pub(super) run: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,

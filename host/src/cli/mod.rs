@@ -1,8 +1,10 @@
 //! The `smithers-host` command line. Parses arguments and hands each command
 //! to the module that owns it; no business logic lives here.
 
+mod completions;
 mod follow;
 mod gc;
+mod held;
 mod limits;
 mod local;
 mod print;
@@ -251,6 +253,8 @@ enum Command {
     /// Remove runs that ended long ago (with their events, frames, outputs,
     /// attempts...) and give the space back; live and parked runs are kept.
     Gc(Local<gc::GcArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Entry point of the binary.
@@ -273,6 +277,11 @@ pub fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
+        if let Some(command) = &cli.command
+            && let Err(code) = held::refuse_if_served(command)
+        {
+            return code;
+        }
         match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(args).await,
@@ -291,6 +300,7 @@ pub fn main() -> ExitCode {
                 up::up(c.host.app_config(), c.server.server_config(), c.up).await
             }
             Some(Command::Gc(c)) => gc::gc(c.host.app_config(), c.args).await,
+            Some(Command::Completions(args)) => completions::completions(args),
         }
     });
     // Guest calls may still be unwinding on worker threads; don't wait for them.
