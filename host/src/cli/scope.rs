@@ -28,7 +28,9 @@ pub(super) fn parse() -> Cli {
 
 fn parse_from(mut argv: Vec<OsString>) -> Result<Cli, clap::Error> {
     let mut command = Cli::command();
-    let matches = command.try_get_matches_from_mut(&argv)?;
+    let matches = command
+        .try_get_matches_from_mut(&argv)
+        .map_err(|e| explain_misplaced(&command, &argv, e))?;
     let forwarded = forwarded(&command, &matches)?;
     let matches = if forwarded.is_empty() {
         matches
@@ -61,13 +63,7 @@ fn forwarded(command: &clap::Command, matches: &ArgMatches) -> Result<Vec<OsStri
             continue;
         };
         if !sub.get_arguments().any(|a| a.get_id() == id) {
-            return Err(command.clone().error(
-                ErrorKind::UnknownArgument,
-                format!(
-                    "--{long} does not apply to `smithers-host {name}` \
-                     (see `smithers-host {name} --help`)"
-                ),
-            ));
+            return Err(not_applicable(command, long, name));
         }
         if sub_matches.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
             continue;
@@ -83,6 +79,65 @@ fn forwarded(command: &clap::Command, matches: &ArgMatches) -> Result<Vec<OsStri
         }
     }
     Ok(forwarded)
+}
+
+/// An unknown option that some other command takes gets an error saying
+/// whose option it is, instead of clap's tip to pass it as a value.
+fn explain_misplaced(
+    command: &clap::Command,
+    argv: &[OsString],
+    error: clap::Error,
+) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return error;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let long = arg
+        .trim_start_matches('-')
+        .split('=')
+        .next()
+        .unwrap_or_default();
+    let used = argv
+        .iter()
+        .skip(1)
+        .find_map(|a| command.find_subcommand(a))
+        .map(|sub| sub.get_name().to_string());
+    match used {
+        Some(used) if !owners(command, long).is_empty() => not_applicable(command, long, &used),
+        _ => error,
+    }
+}
+
+/// The commands that take `--long`.
+fn owners<'a>(command: &'a clap::Command, long: &str) -> Vec<&'a str> {
+    command
+        .get_subcommands()
+        .filter(|sub| {
+            sub.get_arguments()
+                .any(|a| a.get_long() == Some(long) && !a.is_hide_set())
+        })
+        .map(clap::Command::get_name)
+        .collect()
+}
+
+fn not_applicable(command: &clap::Command, long: &str, used: &str) -> clap::Error {
+    let owners = owners(command, long);
+    let whose = match owners.as_slice() {
+        [] => String::new(),
+        [one] => format!("; it is an option of `{one}`"),
+        [first, second] => format!("; it is an option of `{first}` and `{second}`"),
+        _ => String::new(),
+    };
+    command.clone().error(
+        ErrorKind::UnknownArgument,
+        format!(
+            "--{long} does not apply to `smithers-host {used}`{whose} \
+             (see `smithers-host {used} --help`)"
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -154,7 +209,16 @@ mod tests {
         ] {
             let err = parse(args).map(|_| ()).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::UnknownArgument, "{args:?}: {err}");
+            assert!(err.to_string().contains("does not apply to"), "{err}");
         }
+        let err = parse(&["run", "wf", "--port", "1"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("it is an option of `serve` and `up`"),
+            "{err}"
+        );
     }
 
     #[test]
