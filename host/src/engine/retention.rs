@@ -3,9 +3,9 @@
 //! The rules live here: only a finished, failed or cancelled run is ever
 //! removed (a live or parked one never is, whatever its age), only one that
 //! ended before the cutoff, and never one a driver of this process holds.
-//! While a run is being removed its driver slot is taken, so a resume
-//! arriving meanwhile cannot start it; the store re-checks the rule in each
-//! step's transaction. Removal goes in steps of at most [`STEP_ROWS`] rows
+//! While a run is being removed its driver slot is taken (it counts as an
+//! active run meanwhile), so a resume arriving then cannot start it; the
+//! store re-checks the rule in each step's transaction. Removal goes in steps of at most [`STEP_ROWS`] rows
 //! and the space comes back [`RECLAIM_PAGES`] pages at a time, so the one
 //! writer is never held for long and runs keep committing during a pass.
 //!
