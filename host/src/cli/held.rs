@@ -45,6 +45,7 @@ pub(super) fn refuse_if_served(command: &Command) -> Result<(), u8> {
     let Some(server) = StateDir::holder(&state).and_then(|holder| holder.server) else {
         return Ok(());
     };
+    let state = std::fs::canonicalize(&state).unwrap_or(state);
     eprintln!("{}", explain(command, &root, &state, &server));
     Err(EXIT_REFUSED)
 }
