@@ -3,12 +3,24 @@
 //! It must live outside the root dir (a workflow must never be able to write
 //! the database or plant compiled code the host would load), it is private to
 //! the user (0700), and one host process holds it at a time (an exclusive
-//! `flock` on `lock`), which is what lets the store assume a single writer.
+//! `flock` on `lock`, which holds its pid), which is what lets the store
+//! assume a single writer. A server also records where it listens
+//! (`server.json`), so that a command the lock refuses can say which
+//! `smithers-host client` command reaches that server instead.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// File naming the server that holds the state dir.
+const SERVER_RECORD: &str = "server.json";
+
+/// Largest server record read (it is ours, but a bound costs nothing).
+const MAX_RECORD_BYTES: u64 = 4096;
 
 /// Why the state dir cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -25,12 +37,12 @@ pub enum StateDirError {
         root: String,
     },
     /// Another process holds it.
-    #[error("the state dir {path} is in use by another smithers-host process{pid}")]
+    #[error("the state dir {path} is in use by another smithers-host process{holder}")]
     Locked {
         /// State dir.
         path: String,
-        /// ` (pid N)` when known.
-        pid: String,
+        /// ` (pid N)`, or ` (pid N, a server at URL)`, when known.
+        holder: String,
     },
     /// No default location could be determined.
     #[error("cannot determine a default state dir (no HOME); pass --state-dir")]
@@ -57,6 +69,38 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateDirError + '_ {
 pub struct StateDir {
     path: PathBuf,
     _lock: File,
+    /// A server record was written (and is removed on drop).
+    serving: AtomicBool,
+}
+
+/// Where the server holding a state dir listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// The server's process.
+    pub pid: u32,
+    /// Its base URL, for `smithers-host client --url`.
+    pub url: String,
+    /// It wants a token.
+    pub auth: bool,
+}
+
+/// The process holding a state dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its pid, when the lock file says.
+    pub pid: Option<u32>,
+    /// Where it serves the HTTP API, when it is a server that said so.
+    pub server: Option<ServerRecord>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.pid, &self.server) {
+            (Some(pid), Some(server)) => write!(f, " (pid {pid}, a server at {})", server.url),
+            (Some(pid), None) => write!(f, " (pid {pid})"),
+            (None, _) => Ok(()),
+        }
+    }
 }
 
 impl StateDir {
@@ -104,16 +148,9 @@ impl StateDir {
             .open(&lock_path)
             .map_err(io(&lock_path))?;
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            let mut holder = String::new();
-            let _ = lock.read_to_string(&mut holder);
-            let holder = holder.trim();
             return Err(StateDirError::Locked {
                 path: path.display().to_string(),
-                pid: if holder.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (pid {holder})")
-                },
+                holder: holder_of(&path, &mut lock).to_string(),
             });
         }
         lock.set_len(0).map_err(io(&lock_path))?;
@@ -126,7 +163,44 @@ impl StateDir {
                 .create(path.join(sub))
                 .map_err(io(&path))?;
         }
-        Ok(Self { path, _lock: lock })
+        Ok(Self {
+            path,
+            _lock: lock,
+            serving: AtomicBool::new(false),
+        })
+    }
+
+    /// Who holds the state dir at `path`, or `None` when nobody does (or it
+    /// does not exist). Creates nothing.
+    pub fn holder(path: &Path) -> Option<Holder> {
+        let mut lock = File::open(path.join("lock")).ok()?;
+        // A shared lock is granted unless a holder has the exclusive one.
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+            return None;
+        }
+        Some(holder_of(path, &mut lock))
+    }
+
+    /// Records that this process serves the HTTP API at `url`; the record
+    /// goes when the state dir is closed.
+    pub fn record_server(&self, url: &str, auth: bool) -> Result<(), StateDirError> {
+        let record = ServerRecord {
+            pid: std::process::id(),
+            url: url.to_string(),
+            auth,
+        };
+        let path = self.path.join(SERVER_RECORD);
+        let text = serde_json::to_string(&record).expect("a record serializes");
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .map_err(io(&path))?;
+        self.serving.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The directory.
@@ -148,6 +222,32 @@ impl StateDir {
     pub fn build_dir(&self) -> PathBuf {
         self.path.join("build")
     }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if self.serving.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_file(self.path.join(SERVER_RECORD));
+        }
+    }
+}
+
+/// The holder named by the lock file, and its server record if the record
+/// is that process's (a record left by a killed server names another pid).
+fn holder_of(dir: &Path, lock: &mut File) -> Holder {
+    let mut text = String::new();
+    let _ = lock.rewind();
+    let _ = lock.take(64).read_to_string(&mut text);
+    let pid = text.trim().parse::<u32>().ok();
+    let server = File::open(dir.join(SERVER_RECORD))
+        .ok()
+        .and_then(|file| {
+            let mut text = String::new();
+            file.take(MAX_RECORD_BYTES).read_to_string(&mut text).ok()?;
+            serde_json::from_str::<ServerRecord>(&text).ok()
+        })
+        .filter(|record| Some(record.pid) == pid);
+    Holder { pid, server }
 }
 
 #[cfg(test)]
@@ -172,5 +272,32 @@ mod tests {
         );
         drop(first);
         assert!(StateDir::open(outside.path(), &root_path).is_ok());
+    }
+
+    #[test]
+    fn the_holder_and_the_server_it_recorded_are_known_until_it_closes() {
+        let root = tempfile::tempdir().unwrap();
+        let root_path = std::fs::canonicalize(root.path()).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        assert_eq!(StateDir::holder(outside.path()), None);
+        let held = StateDir::open(outside.path(), &root_path).unwrap();
+        let pid = Some(std::process::id());
+        assert_eq!(
+            StateDir::holder(outside.path()),
+            Some(Holder { pid, server: None })
+        );
+        held.record_server("http://127.0.0.1:1", true).unwrap();
+        let holder = StateDir::holder(outside.path()).unwrap();
+        assert_eq!(holder.server.as_ref().unwrap().url, "http://127.0.0.1:1");
+        let refused = StateDir::open(outside.path(), &root_path).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("a server at http://127.0.0.1:1"),
+            "{refused}"
+        );
+        drop(held);
+        assert_eq!(StateDir::holder(outside.path()), None);
+        assert!(!outside.path().join(SERVER_RECORD).exists());
     }
 }

@@ -39,10 +39,20 @@ impl Project {
             .unwrap()
     }
 
+    /// `smithers-host new ARGS` in the project dir.
+    fn new_command(&self, args: &[&str]) -> Output {
+        Command::new(common::host_binary())
+            .arg("new")
+            .args(args)
+            .current_dir(self.root.path())
+            .output()
+            .unwrap()
+    }
+
     /// `smithers-host new NAME` (offline: the cache already holds what the
     /// SDK needs, and a test must not depend on the network).
     fn new_crate(&self, name: &str) -> PathBuf {
-        let out = self.host(&["new", name, "--no-fetch"]);
+        let out = self.new_command(&[name, "--no-fetch"]);
         assert!(out.status.success(), "{}", text(&out));
         self.root.path().join(name)
     }
@@ -86,9 +96,9 @@ fn new_makes_a_standalone_crate_that_runs_and_tests_outside_the_checkout() {
     assert!(readme.contains("smithers-host run demo"), "{readme}");
     assert!(readme.contains("Where the SDK comes from"), "{readme}");
     // A name that would escape or surprise is refused.
-    let out = project.host(&["new", "../evil"]);
+    let out = project.new_command(&["../evil"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let out = project.host(&["new", "demo", "--no-fetch"]);
+    let out = project.new_command(&["demo", "--no-fetch"]);
     assert_eq!(
         out.status.code(),
         Some(6),

@@ -36,7 +36,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct RunRef {
     /// Run id.
-    run: String,
+    pub(super) run: String,
     /// Print events as NDJSON instead of readable lines.
     #[arg(long)]
     json: bool,
@@ -45,15 +45,15 @@ pub struct RunRef {
 #[derive(Debug, Args)]
 pub struct DecideArgs {
     /// Run id.
-    run: String,
+    pub(super) run: String,
     /// Approval node id.
-    node: String,
+    pub(super) node: String,
     /// Note recorded with the decision.
     #[arg(long)]
     note: Option<String>,
     /// Loop iteration of the node.
     #[arg(long, default_value_t = 0)]
-    iteration: u32,
+    pub(super) iteration: u32,
     /// Who decides (default: $USER).
     #[arg(long)]
     by: Option<String>,
@@ -65,9 +65,9 @@ pub struct DecideArgs {
 #[derive(Debug, Args)]
 pub struct SignalArgs {
     /// Run id.
-    run: String,
+    pub(super) run: String,
     /// Signal name.
-    name: String,
+    pub(super) name: String,
     /// Payload: JSON text, or `@path` to read it from a file.
     #[arg(long)]
     data: Option<String>,
@@ -82,7 +82,7 @@ pub struct SignalArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Run id.
-    run: String,
+    pub(super) run: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,

@@ -1,13 +1,17 @@
 //! The `smithers-host` command line. Parses arguments and hands each command
 //! to the module that owns it; no business logic lives here.
 
+mod completions;
 mod follow;
+mod gc;
+mod held;
 mod limits;
 mod live;
 mod local;
 mod new;
 mod pretty;
 mod remote;
+mod scope;
 mod up;
 
 use std::path::PathBuf;
@@ -39,64 +43,97 @@ pub const EXIT_REFUSED: u8 = 6;
 pub const EXIT_INTERNAL: u8 = 70;
 
 /// Durable workflow runtime for WebAssembly component workflows.
+///
+/// With no command it serves the HTTP API (server mode) and takes the
+/// options of `serve`. Options given before a command go to that command.
 #[derive(Debug, Parser)]
 #[command(name = "smithers-host", version, about, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// Options of server mode (the default command, or `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Do not watch the root dir for changed `.wasm` files to precompile.
+    #[arg(long, help_heading = "Server")]
+    no_watch: bool,
+    /// Dev mode: also rebuild guest crates this host has built when their
+    /// sources change.
+    #[arg(long, help_heading = "Server")]
+    dev: bool,
+    #[command(flatten)]
+    retain: gc::RetainArgs,
+}
+
+/// A command that opens a state dir: its own options, then the host's.
+#[derive(Debug, Args)]
+pub struct Local<T: Args> {
+    #[command(flatten)]
+    args: T,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+/// `up`: a run, which `--serve` also serves over HTTP.
+#[derive(Debug, Args)]
+pub struct UpCommand {
+    #[command(flatten)]
+    up: up::UpArgs,
+    #[command(flatten)]
     host: HostArgs,
     #[command(flatten)]
     server: ServerArgs,
 }
 
-/// Options of server mode (the default command, or `serve`).
+/// How a server listens and whom it serves (`serve` and `up --serve`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server")]
 pub struct ServerArgs {
     /// Interface to listen on. A non-loopback address needs --auth-token
     /// (or --insecure).
-    #[arg(long, global = true, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on; 0 picks a free port (printed on stdout).
-    #[arg(long, global = true, default_value_t = 7331)]
+    #[arg(long, default_value_t = 7331)]
     pub port: u16,
     /// Token clients must send (`Authorization: Bearer <token>` or
     /// `x-smithers-key`). `/health` never needs it.
-    #[arg(long, global = true, env = "SMITHERS_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "SMITHERS_API_KEY", hide_env_values = true)]
     pub auth_token: Option<String>,
     /// Largest accepted request body, in bytes.
-    #[arg(long, global = true, default_value_t = 1_048_576)]
+    #[arg(long, default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
     /// Allow a non-loopback bind without a token and accept any Host/Origin.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub insecure: bool,
     /// Close a connection with no request in flight for this long: before
     /// its first request is complete (silent, slow-header and partial h2c
     /// connections), between keep-alive requests, on HTTP/2 with no stream.
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(long, default_value_t = 30)]
     pub idle_timeout_secs: u64,
     /// Most open connections; at the limit a new one replaces the one idle
     /// the longest (or is closed when every one is busy).
-    #[arg(long, global = true, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
     /// Most open SSE event streams (must be below --max-connections);
     /// beyond it, 429 TOO_MANY_STREAMS.
-    #[arg(long, global = true, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024)]
     pub max_sse_subscribers: usize,
     /// Most open SSE event streams from one client address.
-    #[arg(long, global = true, default_value_t = 256)]
+    #[arg(long, default_value_t = 256)]
     pub max_sse_per_client: usize,
     /// Most bytes of outputs one answer of `/v1/runs/:id/outputs` or
     /// `/v1/runs/:id/nodes/:node` carries; the rest comes in later pages.
-    #[arg(long, global = true, default_value_t = 4_194_304)]
+    #[arg(long, default_value_t = 4_194_304)]
     pub max_output_page_bytes: u64,
-    /// Do not watch the root dir for changed `.wasm` files to precompile.
-    #[arg(long, global = true)]
-    pub no_watch: bool,
-    /// Dev mode: also rebuild guest crates this host has built when their
-    /// sources change.
-    #[arg(long, global = true)]
-    pub dev: bool,
 }
 
 impl ServerArgs {
@@ -125,45 +162,46 @@ impl ServerArgs {
 
 /// Options shared by every command that opens a state dir.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Project and sandbox")]
 pub struct HostArgs {
     /// Project directory: workflows live here and tasks can touch only this.
-    #[arg(long, global = true, default_value = ".", env = "SMITHERS_ROOT_DIR")]
+    #[arg(long, default_value = ".", env = "SMITHERS_ROOT_DIR")]
     pub root_dir: PathBuf,
     /// Where the host keeps its database and caches (must be outside the
     /// root dir). Default: a per-project directory under ~/.local/state.
-    #[arg(long, global = true, env = "SMITHERS_STATE_DIR")]
+    #[arg(long, env = "SMITHERS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Give the bash tool the host's network (default: an empty network namespace).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub allow_network: bool,
     /// Run the bash tool without Landlock when the kernel lacks it
     /// (namespaces stay mandatory). Logged loudly.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub allow_missing_landlock: bool,
     /// Commit durability: `normal` survives process crashes, `full` fsyncs
     /// every commit and survives power loss.
-    #[arg(long, global = true, value_enum, default_value = "normal")]
+    #[arg(long, value_enum, default_value = "normal")]
     pub durability: Durability,
     /// Linear memory limit of one workflow instance, in MiB.
-    #[arg(long, global = true, default_value_t = 256)]
+    #[arg(long, default_value_t = 256)]
     pub max_memory_mb: u64,
     /// Default most tasks in flight per run.
-    #[arg(long, global = true, default_value_t = 8)]
+    #[arg(long, default_value_t = 8)]
     pub max_concurrency: u32,
     /// Cargo target dir for guest crates the host builds (default: in the
     /// state dir). Sharing one across state dirs avoids rebuilds.
-    #[arg(long, global = true, env = "SMITHERS_BUILD_DIR")]
+    #[arg(long, env = "SMITHERS_BUILD_DIR")]
     pub build_dir: Option<PathBuf>,
     /// A directory outside the root dir that guest builds may read, e.g. the
     /// cargo workspace the root dir's crates belong to (repeatable; builds
     /// see only the root dir, the toolchain and the cargo cache otherwise).
-    #[arg(long = "build-source", global = true, value_name = "DIR")]
+    #[arg(long = "build-source", value_name = "DIR")]
     pub build_sources: Vec<PathBuf>,
     /// Wall-clock limit of one guest build (e.g. `900s`, `15m`).
-    #[arg(long, global = true, default_value = "15m", value_parser = limits::parse_duration)]
+    #[arg(long, default_value = "15m", value_parser = limits::parse_duration)]
     pub build_timeout: std::time::Duration,
     /// Largest workflow component accepted (file or build output), in MiB.
-    #[arg(long, global = true, default_value_t = 64)]
+    #[arg(long, default_value_t = 64)]
     pub max_component_mb: u64,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
@@ -191,34 +229,39 @@ impl HostArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default when no command is given).
-    Serve,
+    Serve(ServeArgs),
     /// Run a workflow in the foreground until it finishes or parks.
-    Run(local::RunArgs),
+    Run(Local<local::RunArgs>),
     /// Continue a parked, failed or interrupted run in the foreground.
-    Resume(local::RunRef),
+    Resume(Local<local::RunRef>),
     /// Approve a node waiting for approval, then continue the run.
-    Approve(local::DecideArgs),
+    Approve(Local<local::DecideArgs>),
     /// Deny a node waiting for approval, then continue the run.
-    Deny(local::DecideArgs),
+    Deny(Local<local::DecideArgs>),
     /// Send a signal to a run, then continue it if it was waiting.
-    Signal(local::SignalArgs),
+    Signal(Local<local::SignalArgs>),
     /// Cancel a run.
-    Cancel(local::RunRef),
+    Cancel(Local<local::RunRef>),
     /// Show a run's status.
-    Status(local::StatusArgs),
+    Status(Local<local::StatusArgs>),
     /// List runs, newest first.
-    Runs(local::ListArgs),
+    Runs(Local<local::ListArgs>),
     /// Check whether the current version of a workflow can continue every
     /// live run started from it (read-only).
-    Preflight(local::PreflightArgs),
+    Preflight(Local<local::PreflightArgs>),
     /// Start one run; with --serve, serve it over HTTP (serve mode) and stay up.
-    Up(up::UpArgs),
+    Up(UpCommand),
     /// Drive a remote host over HTTP (`--url`, `SMITHERS_URL`): start,
     /// status, watch, approvals, approve, deny, cancel, runs, frames...
     Client(remote::ClientArgs),
     /// Serve registered workflows as a Gateway (RPC, WebSocket, cron,
     /// webhooks) from a TOML config.
-    Gateway(GatewayArgs),
+    Gateway(Local<GatewayArgs>),
+    /// Remove runs that ended long ago (with their events, frames, outputs,
+    /// attempts...) and give the space back; live and parked runs are kept.
+    Gc(Local<gc::GcArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
     /// Create a workflow crate of one's own (typed input, two tasks, an
     /// approval, a test) that builds outside this repository.
     New(new::NewArgs),
@@ -226,10 +269,10 @@ enum Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = scope::parse();
     let server_mode = match &cli.command {
-        None | Some(Command::Serve | Command::Gateway(_)) => true,
-        Some(Command::Up(args)) => args.serves(),
+        None | Some(Command::Serve(_) | Command::Gateway(_)) => true,
+        Some(Command::Up(command)) => command.up.serves(),
         _ => false,
     };
     init_tracing(if server_mode { "info" } else { "warn" });
@@ -244,21 +287,30 @@ pub fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let config = cli.host.app_config();
+        if let Some(command) = &cli.command
+            && let Err(code) = held::refuse_if_served(command)
+        {
+            return code;
+        }
         match cli.command {
-            None | Some(Command::Serve) => serve(config, &cli.server).await,
-            Some(Command::Run(args)) => local::run(config, args).await,
-            Some(Command::Resume(args)) => local::resume(config, args).await,
-            Some(Command::Approve(args)) => local::decide(config, args, true).await,
-            Some(Command::Deny(args)) => local::decide(config, args, false).await,
-            Some(Command::Signal(args)) => local::signal(config, args).await,
-            Some(Command::Cancel(args)) => local::cancel(config, args).await,
-            Some(Command::Status(args)) => local::status(config, args).await,
-            Some(Command::Runs(args)) => local::runs(config, args).await,
-            Some(Command::Preflight(args)) => local::preflight(config, args).await,
+            None => serve(cli.serve).await,
+            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Run(c)) => local::run(c.host.app_config(), c.args).await,
+            Some(Command::Resume(c)) => local::resume(c.host.app_config(), c.args).await,
+            Some(Command::Approve(c)) => local::decide(c.host.app_config(), c.args, true).await,
+            Some(Command::Deny(c)) => local::decide(c.host.app_config(), c.args, false).await,
+            Some(Command::Signal(c)) => local::signal(c.host.app_config(), c.args).await,
+            Some(Command::Cancel(c)) => local::cancel(c.host.app_config(), c.args).await,
+            Some(Command::Status(c)) => local::status(c.host.app_config(), c.args).await,
+            Some(Command::Runs(c)) => local::runs(c.host.app_config(), c.args).await,
+            Some(Command::Preflight(c)) => local::preflight(c.host.app_config(), c.args).await,
             Some(Command::Client(args)) => remote::main(args).await,
-            Some(Command::Gateway(args)) => gateway(config, args).await,
-            Some(Command::Up(args)) => up::up(config, cli.server.server_config(), args).await,
+            Some(Command::Gateway(c)) => gateway(c.host.app_config(), c.args).await,
+            Some(Command::Up(c)) => {
+                up::up(c.host.app_config(), c.server.server_config(), c.up).await
+            }
+            Some(Command::Gc(c)) => gc::gc(c.host.app_config(), c.args).await,
+            Some(Command::Completions(args)) => completions::completions(args),
             Some(Command::New(args)) => new::new(args).await,
         }
     });
@@ -281,8 +333,9 @@ fn init_tracing(default_level: &str) {
 
 /// Server mode: refuses an unsafe bind before opening anything, then serves
 /// until SIGINT or SIGTERM.
-async fn serve(config: AppConfig, args: &ServerArgs) -> u8 {
-    let server = args.server_config();
+async fn serve(args: ServeArgs) -> u8 {
+    let config = args.host.app_config();
+    let server = args.server.server_config();
     if let Err(e) = server.validate() {
         return local::fail(e, EXIT_USAGE);
     }
@@ -290,6 +343,7 @@ async fn serve(config: AppConfig, args: &ServerArgs) -> u8 {
         Ok(app) => app,
         Err(e) => return local::fail(e, EXIT_REFUSED),
     };
+    args.retain.start(&app.engine);
     let _watch = if args.no_watch {
         None
     } else {
@@ -330,6 +384,8 @@ pub struct GatewayArgs {
     /// Gateway configuration (TOML; see examples/gateway.toml).
     #[arg(long, env = "SMITHERS_GATEWAY_CONFIG")]
     pub config: PathBuf,
+    #[command(flatten)]
+    retain: gc::RetainArgs,
 }
 
 /// Gateway mode: loads and checks the config before opening anything, then
@@ -343,6 +399,7 @@ async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
         Ok(app) => app,
         Err(e) => return local::fail(e, EXIT_REFUSED),
     };
+    args.retain.start(&app.engine);
     match crate::gateway::serve(app, gateway_config, Some(args.config), shutdown_signal()).await {
         Ok(()) => EXIT_FINISHED,
         Err(e) => {

@@ -94,4 +94,9 @@ impl UpArgs {
     pub fn serves(&self) -> bool {
         self.serve
     }
+
+    /// The run it starts.
+    pub(super) fn run_args(&self) -> &RunArgs {
+        &self.run
+    }
 }

@@ -9,6 +9,7 @@
 pub mod events;
 pub mod outputs;
 pub mod preflight;
+pub mod retention;
 mod run;
 mod schedule;
 mod state;
@@ -629,6 +630,10 @@ impl EngineInner {
     ) -> Result<ResumeOutcome, EngineError> {
         self.check_running()?;
         let run = self.run(run_id).await?;
+        if run.runtime_owner_id.as_deref() == Some(crate::store::COLLECTING_OWNER) {
+            // Retention began removing it; the next pass finishes the job.
+            return Err(EngineError::RunNotFound(run_id.clone()));
+        }
         if run.status == RunStatus::Finished {
             return Ok(ResumeOutcome::Finished);
         }

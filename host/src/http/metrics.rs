@@ -1,6 +1,6 @@
 //! Prometheus metrics, hand-rolled: Smithers' event-driven `smithers_*`
 //! names (contract §8.7), HTTP request counts and latencies by route, SSE
-//! subscribers and compile-cache counters.
+//! subscribers, compile-cache counters and the database's size.
 //!
 //! Event metrics are fed by one background task reading the store's
 //! all-runs broadcast, so the engine never waits for metrics; if that task
@@ -324,6 +324,16 @@ impl Metrics {
             "smithers_compile_cache_misses_total {}",
             cache.compiles
         );
+        let database = engine.database_size();
+        metric_header(
+            &mut out,
+            "smithers_db_size_bytes",
+            "Size of the database, by file (main, wal)",
+            "gauge",
+        );
+        for (file, bytes) in [("main", database.file_bytes), ("wal", database.wal_bytes)] {
+            let _ = writeln!(out, "smithers_db_size_bytes{{file=\"{file}\"}} {bytes}");
+        }
         self.render_http(&mut out);
         out
     }

@@ -310,6 +310,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let listener = bind(&config).await?;
+    if let Ok(addr) = listener.local_addr() {
+        // Lets a local command refused by the state dir's lock name the
+        // `smithers-host client` command that reaches this server instead.
+        let url = client_url(addr);
+        if let Err(e) = app
+            .state_dir
+            .record_server(&url, config.auth_token.is_some())
+        {
+            tracing::warn!(error = %e, "cannot record the server's address in the state dir");
+        }
+    }
     let state = ApiState::new(app.engine.clone(), &config);
     start_background(&state).await;
     match state.engine.recover().await {
@@ -364,6 +375,19 @@ impl ServerConfig {
     pub fn access_policy(&self) -> AccessPolicy {
         AccessPolicy::new(self.auth_token.clone(), self.insecure, self.trust_any_host)
     }
+}
+
+/// The URL a client on this machine uses to reach `addr` (loopback when
+/// the server listens on every interface).
+fn client_url(addr: SocketAddr) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
 }
 
 fn announce(addr: SocketAddr) {

@@ -14,11 +14,12 @@ mod checkpointer;
 mod hub;
 mod outputs;
 mod read;
+mod retention;
 mod schema;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -29,6 +30,10 @@ use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId
 pub use hub::{EventHub, StoredEvent, Subscription};
 pub use outputs::{AttemptRow, Bounded, Bounds, IterationRow, OutputRow};
 pub use read::{ApprovalRow, CronRow, FrameRow, NodeRow, Reader, RunRow, RunSnapshot, SignalRow};
+pub use retention::{
+    AutoVacuum, COLLECTING_OWNER, Candidate, CollectRule, CollectStep, DiskUsage, Maintenance,
+    Removed, disk_usage,
+};
 
 /// How hard a commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -311,6 +316,18 @@ pub enum Op {
         /// What identifies the delivery.
         delivery_key: String,
     },
+    /// Removes at most `max_rows` rows of a terminal run the rule takes
+    /// (events, frames, nodes and outputs, attempts, signals, approvals,
+    /// loops, versions), then the run itself once nothing of it is left; the
+    /// outcome's `collected` says what went. `Conflict` when the rule does
+    /// not take the run (it was resumed, or is not old enough). Emits no
+    /// event.
+    CollectRun {
+        /// Which runs may go.
+        rule: CollectRule,
+        /// Most rows removed by this op.
+        max_rows: u32,
+    },
 }
 
 /// A node row change. `None` fields keep their stored value.
@@ -400,6 +417,8 @@ pub struct CommitOutcome {
     pub signal_seq: Option<u64>,
     /// Receive time of that signal.
     pub signal_received_at_ms: Option<i64>,
+    /// What a `CollectRun` removed.
+    pub collected: Option<CollectStep>,
 }
 
 /// Summary counts of node states (`{"finished": 3, "pending": 1}`).
@@ -408,9 +427,18 @@ pub type NodeSummary = BTreeMap<String, u64>;
 /// A pending approval as listed by `GET /v1/approvals`.
 pub type PendingApproval = read::PendingApprovalRow;
 
-struct WriteRequest {
-    commit: Commit,
-    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+/// What the writer thread is asked to do.
+enum WriteRequest {
+    /// Apply a commit (grouped with the ones queued behind it).
+    Commit {
+        commit: Commit,
+        reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    },
+    /// Work on the file between commits; answers the bytes returned.
+    Maintain {
+        job: Maintenance,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 /// Handle to the database. Cheap to clone.
@@ -420,6 +448,7 @@ pub struct Store {
 }
 
 struct Inner {
+    path: PathBuf,
     writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<checkpointer::Checkpointer>>,
@@ -436,12 +465,14 @@ impl Store {
         let hub = EventHub::default();
         let (tx, rx) = std::sync::mpsc::channel::<WriteRequest>();
         let thread_hub = hub.clone();
+        let thread_path = path.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("smithers-store-writer".into())
-            .spawn(move || writer::run(conn, rx, thread_hub))
+            .spawn(move || writer::run(conn, &thread_path, rx, thread_hub))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
+                path: path.to_path_buf(),
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(handle)),
                 checkpointer: Mutex::new(Some(checkpointer)),
@@ -454,14 +485,27 @@ impl Store {
     /// Applies a commit in one transaction and publishes its events.
     pub async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        {
-            let guard = self.inner.writer.lock().expect("writer lock");
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender
-                .send(WriteRequest { commit, reply })
-                .map_err(|_| StoreError::Closed)?;
-        }
+        self.send(WriteRequest::Commit { commit, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Has the writer work on the database file between commits (see
+    /// [`Maintenance`]); answers the bytes returned to the file system.
+    pub async fn maintain(&self, job: Maintenance) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteRequest::Maintain { job, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn send(&self, request: WriteRequest) -> Result<(), StoreError> {
+        let guard = self.inner.writer.lock().expect("writer lock");
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(request).map_err(|_| StoreError::Closed)
+    }
+
+    /// Sizes of the database file and of its WAL.
+    pub fn disk_usage(&self) -> DiskUsage {
+        disk_usage(&self.inner.path)
     }
 
     /// Refreshes the lease of every running run owned by `owner_id`.

@@ -16,12 +16,19 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "webhook_deliveries",
         include_str!("migrations/V3__webhook_deliveries.sql"),
     ),
+    (
+        "frame_tree_index",
+        include_str!("migrations/V4__frame_tree_index.sql"),
+    ),
 ];
 
 /// Opens the read-write connection and brings the schema up to date.
 pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Before anything creates a table: a new database returns the pages
+    // that retention frees (an existing one is converted by `gc`).
+    super::retention::prefer_incremental(&conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match durability {
         Durability::Normal => "NORMAL",

@@ -9,13 +9,14 @@
 //! less written per commit).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::hub::{EventHub, StoredEvent};
-use super::{Commit, CommitOutcome, NodeUpdate, Op, StoreError, WriteRequest};
+use super::{Commit, CommitOutcome, NodeUpdate, Op, StoreError, WriteRequest, retention};
 use crate::model::{
     ApprovalStatus, AttemptState, ErrorInfo, Event, EventBody, NodeKey, NodeState, RunId,
     RunStatus, now_ms,
@@ -66,23 +67,52 @@ impl Seqs {
     fn transaction_failed(&mut self) {
         self.pending.clear();
     }
+
+    /// The run is gone: a new run with its id starts again from seq 0.
+    fn forget(&mut self, run_id: &RunId) {
+        self.committed.remove(run_id);
+        self.pending.remove(run_id);
+    }
 }
 
-pub(super) fn run(mut conn: Connection, rx: Receiver<WriteRequest>, hub: EventHub) {
+/// A commit and where its outcome goes.
+struct Queued {
+    commit: Commit,
+    reply: tokio::sync::oneshot::Sender<Result<CommitOutcome, StoreError>>,
+}
+
+pub(super) fn run(mut conn: Connection, path: &Path, rx: Receiver<WriteRequest>, hub: EventHub) {
     let mut seqs = Seqs::default();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+    let mut next = rx.recv().ok();
+    while let Some(request) = next.take() {
+        let (commit, reply) = match request {
+            WriteRequest::Maintain { job, reply } => {
+                let _ = reply.send(retention::maintain(&conn, path, job));
+                next = rx.recv().ok();
+                continue;
+            }
+            WriteRequest::Commit { commit, reply } => (commit, reply),
+        };
+        let mut batch = vec![Queued { commit, reply }];
         while batch.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(WriteRequest::Commit { commit, reply }) => batch.push(Queued { commit, reply }),
+                // Maintenance runs outside a transaction: after this batch.
+                Ok(maintain) => {
+                    next = Some(maintain);
+                    break;
+                }
                 Err(_) => break,
             }
         }
         apply_batch(&mut conn, batch, &hub, &mut seqs);
+        if next.is_none() {
+            next = rx.recv().ok();
+        }
     }
 }
 
-fn apply_batch(conn: &mut Connection, batch: Vec<WriteRequest>, hub: &EventHub, seqs: &mut Seqs) {
+fn apply_batch(conn: &mut Connection, batch: Vec<Queued>, hub: &EventHub, seqs: &mut Seqs) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -155,6 +185,9 @@ fn apply_in_savepoint(
             tx.prepare_cached("RELEASE one_commit")?.execute([])?;
             if let Some(last) = outcome.events.last() {
                 seqs.pending.insert(commit.run_id.clone(), last.seq + 1);
+            }
+            if outcome.collected.is_some_and(|step| step.done) {
+                seqs.forget(&commit.run_id);
             }
             Ok(outcome)
         }
@@ -609,6 +642,10 @@ fn apply_op(
                 "DELETE FROM gateway_webhook_deliveries WHERE workflow_key = ?1 AND delivery_key = ?2",
                 params![workflow_key, delivery_key],
             )?;
+        }
+        Op::CollectRun { rule, max_rows } => {
+            let step = retention::collect_step(tx, pending.run_id, rule, *max_rows)?;
+            pending.outcome.collected = Some(step);
         }
     }
     Ok(())

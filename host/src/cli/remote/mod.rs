@@ -22,7 +22,7 @@ use smithers_client::{
     Signal,
 };
 
-use super::{EXIT_FINISHED, EXIT_INTERNAL, EXIT_REFUSED};
+use super::{EXIT_FINISHED, EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE};
 use super::{live, pretty};
 use crate::model::now_ms;
 
@@ -38,6 +38,10 @@ pub struct ClientArgs {
     /// Print the server's JSON instead of readable text (NDJSON for `watch`).
     #[arg(long, global = true)]
     json: bool,
+    /// Not an option of the client: `--host` is where `serve` listens.
+    /// Accepted only to refuse it with a pointer to --url.
+    #[arg(long = "host", id = "bind_host", global = true, hide = true)]
+    host: Option<String>,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -151,6 +155,10 @@ struct FramesArgs {
 
 /// Runs one verb against the host; returns the exit code.
 pub async fn main(args: ClientArgs) -> u8 {
+    if let Some(host) = &args.host {
+        eprintln!("smithers-host: {}", refuse_host(host));
+        return EXIT_USAGE;
+    }
     let mut builder = Client::builder().base_url(&args.url);
     if let Some(key) = &args.api_key {
         builder = builder.api_key(key);
@@ -184,6 +192,21 @@ pub async fn main(args: ClientArgs) -> u8 {
             EXIT_REFUSED
         }
     }
+}
+
+/// Why `client --host` is refused, with the --url to use instead (the host
+/// echoed only when it looks like one, and never at length).
+fn refuse_host(host: &str) -> String {
+    let looks_like_a_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    let host = if looks_like_a_host { host } else { "HOST" };
+    format!(
+        "the client has no --host: it reaches a server by URL. Use --url http://{host}:7331 \
+         (or set SMITHERS_URL); --host is the address `smithers-host serve` listens on"
+    )
 }
 
 /// What a verb asks for after it succeeded.
