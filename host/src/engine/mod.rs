@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{EventBody, NodeKey, RunId, RunStatus};
 use crate::runtime::build::{BuildError, BuildSettings, GuestBuilder};
-use crate::runtime::{LoadError, Loaded, Runtime};
+use crate::runtime::{InputViolation, LoadError, Loaded, Runtime};
 use crate::sandbox::SandboxPolicy;
 use crate::sandbox::paths::{self, PathError, ReadError};
 use crate::store::{Commit, NewRun, Op, RunRow, Store, StoreError};
@@ -54,6 +54,9 @@ pub enum EngineError {
     /// The request is malformed.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The run input does not match the workflow's input schema.
+    #[error(transparent)]
+    InvalidInput(#[from] InputViolation),
     /// `workflowPath` resolves outside the root dir.
     #[error("Workflow path must be within server root directory: {0}")]
     WorkflowPathOutsideRoot(String),
@@ -279,6 +282,10 @@ impl Engine {
             None => RunId::generate(),
         };
         let (path, loaded) = inner.load_workflow(&request.workflow_path).await?;
+        // Before anything is stored: a refused input leaves no run behind.
+        if let Some(schema) = &loaded.workflow.input_schema {
+            schema.check(&input)?;
+        }
         let slot = inner
             .reserve(&run_id)
             .ok_or_else(|| EngineError::RunAlreadyExists(run_id.clone()))?;

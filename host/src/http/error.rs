@@ -20,6 +20,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// The body is not JSON.
     InvalidJson,
+    /// The run input does not match the workflow's input schema.
+    InvalidInput,
     /// The body is larger than the limit.
     PayloadTooLarge,
     /// The body did not arrive in time.
@@ -70,6 +72,7 @@ impl ErrorCode {
         match self {
             Self::InvalidRequest => "INVALID_REQUEST",
             Self::InvalidJson => "INVALID_JSON",
+            Self::InvalidInput => "INVALID_INPUT",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::Unauthorized => "UNAUTHORIZED",
@@ -99,6 +102,7 @@ impl ErrorCode {
         match self {
             Self::InvalidRequest
             | Self::InvalidJson
+            | Self::InvalidInput
             | Self::WorkflowPathOutsideRoot
             | Self::WorkflowNotFound
             | Self::RunIdRequired => StatusCode::BAD_REQUEST,
@@ -200,6 +204,11 @@ impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::InvalidRequest(message) => Self::invalid(message),
+            EngineError::InvalidInput(violation) => {
+                Self::new(ErrorCode::InvalidInput, violation.to_string()).with_details(
+                    json!({ "pointer": violation.pointer, "reason": violation.reason }),
+                )
+            }
             EngineError::WorkflowPathOutsideRoot(path) => Self::new(
                 ErrorCode::WorkflowPathOutsideRoot,
                 "Workflow path must be within server root directory",

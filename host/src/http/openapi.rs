@@ -128,6 +128,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Start a run (or resume one with `resume: true` and `runId`)",
         Input::Body,
         &[
+            E::InvalidInput,
             E::RunIdRequired,
             E::RunAlreadyExists,
             E::RunNotFound,
@@ -273,6 +274,7 @@ macro_rules! documented_codes {
 documented_codes! {
     InvalidRequest: "a parameter, header or field is malformed",
     InvalidJson: "the body is not JSON",
+    InvalidInput: "the run input does not match the workflow's input schema; details: {pointer, reason}",
     PayloadTooLarge: "the body is larger than --max-body-bytes",
     RequestTimeout: "the body did not arrive within 60 s",
     Unauthorized: "missing or wrong token",
