@@ -6,6 +6,7 @@ mod limits;
 mod local;
 mod print;
 mod remote;
+mod scan;
 mod up;
 
 use std::path::PathBuf;
@@ -160,6 +161,8 @@ pub struct HostArgs {
     pub max_component_mb: u64,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    #[command(flatten)]
+    pub scan: scan::ScanArgs,
 }
 
 impl HostArgs {
@@ -176,6 +179,7 @@ impl HostArgs {
             build_timeout: self.build_timeout,
             max_component_mb: self.max_component_mb,
             limits: self.limits.guest_limits(),
+            scan: self.scan.limits(),
             ..AppConfig::new(self.root_dir.clone())
         }
     }

@@ -295,6 +295,23 @@ mod tests {
     }
 
     #[test]
+    fn workflow_listings_name_errors_with_the_codes_a_start_answers() {
+        use crate::runtime::build::BuildError;
+        for error in [
+            EngineError::WorkflowLoad(LoadError::Describe(String::new())),
+            EngineError::WorkflowLoad(LoadError::TooLarge { size: 2, limit: 1 }),
+            EngineError::WorkflowBuild(BuildError::NotACrate(String::new())),
+            EngineError::WorkflowNotFound(String::new()),
+            EngineError::WorkflowPathOutsideRoot(String::new()),
+            EngineError::InvalidRequest(String::new()),
+            EngineError::ShuttingDown,
+        ] {
+            let code = error.workflow_code();
+            assert_eq!(ApiError::from(error).code.as_str(), code);
+        }
+    }
+
+    #[test]
     fn statuses_follow_the_contract() {
         assert_eq!(ErrorCode::RunNotActive.status(), StatusCode::CONFLICT);
         assert_eq!(ErrorCode::NodeNotWaiting.status(), StatusCode::CONFLICT);
