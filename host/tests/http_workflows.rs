@@ -8,6 +8,7 @@
 //! thousands of directories) neither hangs nor blows up the listing.
 
 mod common;
+mod gateway_support;
 mod http_support;
 
 use std::path::Path;
@@ -208,6 +209,31 @@ async fn the_cli_run_checks_the_input_against_the_schema_before_starting() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_launch_refuses_an_input_that_does_not_match_the_schema() {
+    let gw = gateway_support::Gateway::start(
+        "[listen]\nport = 0\n[workflows.hello]\npath = \"example-hello.wasm\"\n",
+        &["example-hello"],
+    );
+    let (status, frame) = gw
+        .rpc(
+            "launchRun",
+            json!({ "workflow": "hello", "input": { "name": false } }),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{frame}");
+    assert_eq!(frame["error"]["code"], "INVALID_INPUT", "{frame}");
+    assert_eq!(frame["error"]["details"]["pointer"], "/name", "{frame}");
+    let runs = gw.call("listRuns", json!({})).await;
+    assert_eq!(runs, json!([]), "nothing was started");
+    gw.call(
+        "launchRun",
+        json!({ "workflow": "hello", "input": { "name": "Ada" } }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_hostile_root_dir_neither_hangs_nor_blows_up_the_listing() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::copy(
@@ -261,7 +287,9 @@ async fn a_hostile_root_dir_neither_hangs_nor_blows_up_the_listing() {
     assert_eq!(escape["error"]["code"], "WORKFLOW_PATH_OUTSIDE_ROOT");
     assert_eq!(escape["hash"], Value::Null, "nothing outside was loaded");
 
+    let long = "x".repeat(5000);
     for (path, status, code) in [
+        (long.as_str(), 400, "INVALID_REQUEST"),
         ("x.wasm", 404, "NOT_FOUND"),
         ("out%2Fsecret.wasm", 400, "WORKFLOW_PATH_OUTSIDE_ROOT"),
         ("out%2Fkrate", 400, "WORKFLOW_PATH_OUTSIDE_ROOT"),
@@ -278,6 +306,10 @@ async fn a_hostile_root_dir_neither_hangs_nor_blows_up_the_listing() {
             (got, body["error"]["code"].as_str()),
             (status, Some(code)),
             "{path}: {body}"
+        );
+        assert!(
+            body.to_string().len() < 1024,
+            "the path is quoted bounded: {body}"
         );
     }
     let (code, _) = server.get("/health").await;

@@ -32,6 +32,8 @@ use crate::sandbox::paths::{self, PathError, ReadError};
 const REMEMBERED_BUILDS: usize = 256;
 /// Longest error message given in a listing.
 const MAX_PROBLEM_CHARS: usize = 2000;
+/// Longest part of a client's `workflowPath` quoted in an error.
+const MAX_QUOTED_PATH_CHARS: usize = 256;
 
 /// How a workflow is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,6 +194,24 @@ impl EngineError {
     }
 }
 
+/// At most [`MAX_QUOTED_PATH_CHARS`] characters of a path a client sent,
+/// control characters escaped.
+fn bounded_path(path: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in path.chars().enumerate() {
+        if i == MAX_QUOTED_PATH_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn problem(error: &EngineError) -> WorkflowProblem {
     let text = error.to_string();
     let mut message: String = text.chars().take(MAX_PROBLEM_CHARS).collect();
@@ -230,11 +250,12 @@ impl EngineInner {
                 "workflowPath must be a string".into(),
             ));
         }
+        // The path is the client's: errors quote a bounded, escaped prefix.
         paths::resolve_existing(&self.config.root_dir, workflow_path).map_err(|e| match e {
-            PathError::Escape(p) => EngineError::WorkflowPathOutsideRoot(p),
-            PathError::NotFound(p) => EngineError::WorkflowNotFound(p),
+            PathError::Escape(p) => EngineError::WorkflowPathOutsideRoot(bounded_path(&p)),
+            PathError::NotFound(p) => EngineError::WorkflowNotFound(bounded_path(&p)),
             PathError::Invalid(p) => {
-                EngineError::InvalidRequest(format!("invalid workflowPath: {p}"))
+                EngineError::InvalidRequest(format!("invalid workflowPath: {}", bounded_path(&p)))
             }
         })
     }
@@ -243,7 +264,8 @@ impl EngineInner {
         if path.is_dir() {
             if !GuestBuilder::is_crate_dir(path) {
                 return Err(EngineError::WorkflowNotFound(format!(
-                    "{workflow_path} is a directory without a Cargo.toml"
+                    "{} is a directory without a Cargo.toml",
+                    bounded_path(workflow_path)
                 )));
             }
             return self.load_crate(path).await;
@@ -290,13 +312,14 @@ impl EngineInner {
     /// but a running workflow may swap in a symlink since).
     fn read_component(&self, workflow_path: &str, path: &Path) -> Result<Vec<u8>, EngineError> {
         let limit = self.runtime.config().max_component_bytes;
+        let shown = || bounded_path(workflow_path);
         paths::read_beneath(&self.config.root_dir, path, limit).map_err(|e| match e {
-            ReadError::Escape => EngineError::WorkflowPathOutsideRoot(workflow_path.to_string()),
-            ReadError::NotFound => EngineError::WorkflowNotFound(workflow_path.to_string()),
+            ReadError::Escape => EngineError::WorkflowPathOutsideRoot(shown()),
+            ReadError::NotFound => EngineError::WorkflowNotFound(shown()),
             ReadError::TooLarge { size, limit } => {
                 EngineError::WorkflowLoad(LoadError::TooLarge { size, limit })
             }
-            other => EngineError::WorkflowNotFound(format!("{workflow_path}: {other}")),
+            other => EngineError::WorkflowNotFound(format!("{}: {other}", shown())),
         })
     }
 
@@ -378,7 +401,7 @@ impl Engine {
         let shown = match path.strip_prefix(&inner.config.root_dir) {
             Ok(p) if p.as_os_str().is_empty() => ".".to_owned(),
             Ok(p) => p.to_string_lossy().into_owned(),
-            Err(_) => workflow_path.to_owned(),
+            Err(_) => bounded_path(workflow_path),
         };
         match inner.load_resolved(workflow_path, &path).await {
             Ok(loaded) => Ok(WorkflowEntry::of(
