@@ -1,8 +1,8 @@
 //! A Rust client for smithers-host's HTTP API (and the Smithers server it is
 //! compatible with): the functions of Smithers' PI client — run, resume,
 //! approve, deny, stream events, status, frames, cancel, list runs — plus
-//! signals, the pending-approvals list, and what a run produced (one node's
-//! iterations, the run's outputs).
+//! signals, the pending-approvals list, what a run produced (one node's
+//! iterations, the run's outputs) and the workflows a host knows.
 //!
 //! This crate speaks only HTTP: it never links the engine, so it builds in
 //! seconds and works against any host it can reach. Errors keep the server's
@@ -42,6 +42,7 @@ pub mod events;
 pub mod outputs;
 pub mod sse;
 pub mod types;
+mod workflows;
 
 use std::time::Duration;
 
@@ -61,6 +62,7 @@ pub use types::{
     PendingApproval, RunAccepted, RunState, RunStatus, RunStatusView, RunSummary, RunWorkflow,
     Signal, SignalReceipt,
 };
+pub use workflows::{WorkflowInfo, WorkflowList};
 
 /// Where a client connects when told nothing: Smithers' default.
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:7331";

@@ -27,13 +27,19 @@ use crate::node::{
 };
 use crate::{Ctx, TaskCtx, TaskError};
 
-/// `describe`: what the author wrote in `workflow!`.
-pub fn describe(name: &str, version: &str, input_schema: Option<&str>) -> wit::WorkflowInfo {
+/// `describe`: what the author wrote in `workflow!`; the schema comes from `input_schema` (a
+/// string the author wrote) or from [`input_schema`] (derived from `input: Type`).
+pub fn describe(name: &str, version: &str, input_schema: Option<String>) -> wit::WorkflowInfo {
     wit::WorkflowInfo {
         name: name.to_owned(),
         version: version.to_owned(),
-        input_schema: input_schema.map(str::to_owned),
+        input_schema,
     }
+}
+
+/// [`crate::input_schema`] as JSON text: what `workflow!`'s `input: T` puts in `describe`.
+pub fn input_schema<T: schemars::JsonSchema>() -> String {
+    crate::input_schema::<T>().to_string()
 }
 
 /// `render`: builds the tree for this context and flattens it.

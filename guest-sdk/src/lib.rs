@@ -78,6 +78,44 @@
 //!     steps: u32,
 //! }
 //! ```
+//!
+//! # The input schema
+//!
+//! Give [`workflow!`] the run input's type (`input: Input`) and the workflow describes itself
+//! with that type's JSON Schema, derived by [`schemars`] (re-exported too): the host lists it
+//! (`GET /v1/workflows`) and refuses a run whose input does not match it (`400
+//! INVALID_INPUT` with the JSON pointer of the offending value) before anything runs. The
+//! schema follows the serde attributes, so a field with a default is optional:
+//!
+//! ```
+//! use smithers_sdk::schemars::JsonSchema;
+//! use smithers_sdk::serde::Deserialize;
+//! use smithers_sdk::{Ctx, Node, task};
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! #[serde(crate = "smithers_sdk::serde")]
+//! #[schemars(crate = "smithers_sdk::schemars")]
+//! struct Input {
+//!     /// Who to greet.
+//!     name: String,
+//!     #[serde(default)]
+//!     times: u32,
+//! }
+//!
+//! fn build(_ctx: &Ctx) -> Node {
+//!     task("greet", |t| {
+//!         let input: Input = t.input()?;
+//!         Ok(format!("Hello, {}! x{}", input.name, input.times))
+//!     })
+//! }
+//!
+//! smithers_sdk::workflow!(name: "greet", build: build, input: Input);
+//!
+//! // What `describe` reports, to look at in a native test:
+//! let schema = smithers_sdk::input_schema::<Input>();
+//! assert_eq!(schema["required"], smithers_sdk::serde_json::json!(["name"]));
+//! assert_eq!(schema["properties"]["name"]["type"], "string");
+//! ```
 
 #![deny(missing_docs)]
 
@@ -98,8 +136,15 @@ pub use node::{
     ApprovalOptions, Backoff, BuildOutput, LoopOptions, Node, OnDeny, OnMaxReached, TaskOptions,
     approval, loop_, parallel, sequence, task, wait_for_signal,
 };
+pub use schemars;
 pub use serde;
 pub use serde_json;
+
+/// The JSON Schema (draft 2020-12) of the input type `T`, as [`workflow!`]'s `input: T`
+/// reports it from `describe`.
+pub fn input_schema<T: schemars::JsonSchema>() -> serde_json::Value {
+    schemars::schema_for!(T).to_value()
+}
 
 /// Exports a workflow: `workflow!(name: "...", build: build_fn)`.
 ///
@@ -108,8 +153,11 @@ pub use serde_json;
 ///   `E: Display` (an error fails the render with that message).
 /// * `version` (optional): a `&str` expression; defaults to the crate's
 ///   `CARGO_PKG_VERSION`.
-/// * `input_schema` (optional): a `&str` expression holding a JSON Schema of the run input;
-///   a string literal is checked to be JSON at compile time.
+/// * `input` (optional): the run input's type, deriving [`schemars::JsonSchema`]; `describe`
+///   reports its JSON Schema and the host validates every run's input against it (see "The
+///   input schema" above).
+/// * `input_schema` (optional, instead of `input`): a `&str` expression holding a JSON Schema
+///   of the run input, written by hand; a string literal is checked to be JSON at compile time.
 ///
 /// Use it once per crate, at the top level. The crate must be a `cdylib` built for
 /// `wasm32-wasip2`; it also compiles natively, so that `cargo test` can test the workflow.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::workflows::ScanLimits;
 use crate::engine::{Engine, EngineConfig};
 use crate::runtime::build::{
     BuildError, BuildSettings, DEFAULT_BUILD_TIMEOUT, check_settings, host_sdk_dir,
@@ -47,6 +48,8 @@ pub struct AppConfig {
     pub max_component_mb: u64,
     /// Deadlines and output caps of guests.
     pub limits: GuestLimits,
+    /// How much of the root dir listing the workflows may look at.
+    pub scan: ScanLimits,
 }
 
 impl AppConfig {
@@ -66,6 +69,7 @@ impl AppConfig {
             build_timeout: DEFAULT_BUILD_TIMEOUT,
             max_component_mb: DEFAULT_MAX_COMPONENT_BYTES >> 20,
             limits: GuestLimits::default(),
+            scan: ScanLimits::default(),
         }
     }
 }
@@ -152,6 +156,7 @@ impl App {
                 sandbox: Arc::new(policy),
                 build,
                 max_concurrency: config.max_concurrency.max(1),
+                scan: config.scan,
             },
         );
         Ok(Self {

@@ -3,15 +3,19 @@
 //! Input: `{"name": "Ada"}` (optional; the name defaults to `world`).
 //! Task `greet` outputs `{"greeting": "Hello, Ada!"}`.
 //!
-//! Shows: a typed input with defaults, one task, the `workflow!` export.
+//! Shows: a typed input with defaults whose JSON Schema the host checks every input against
+//! (`{"name": 3}` is refused with `INVALID_INPUT` at `/name`), one task, the `workflow!` export.
 
+use smithers_sdk::schemars::JsonSchema;
 use smithers_sdk::serde::Deserialize;
 use smithers_sdk::serde_json::json;
 use smithers_sdk::{Ctx, Node, task};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "smithers_sdk::serde", default)]
+#[schemars(crate = "smithers_sdk::schemars")]
 struct Input {
+    /// Who to greet.
     name: String,
 }
 
@@ -30,7 +34,7 @@ fn build(_ctx: &Ctx) -> Node {
     })
 }
 
-smithers_sdk::workflow!(name: "hello", build: build);
+smithers_sdk::workflow!(name: "hello", build: build, input: Input);
 
 #[cfg(test)]
 mod tests {
@@ -54,5 +58,14 @@ mod tests {
         );
         assert_eq!(greet(json!({})), json!({"greeting": "Hello, world!"}));
         assert_eq!(greet(Value::Null), json!({"greeting": "Hello, world!"}));
+    }
+
+    #[test]
+    fn the_input_schema_says_name_is_an_optional_string() {
+        let schema = smithers_sdk::input_schema::<Input>();
+        assert_eq!(schema["type"], "object");
+        assert_eq!(schema["properties"]["name"]["type"], "string");
+        assert_eq!(schema["properties"]["name"]["default"], "world");
+        assert!(schema.get("required").is_none(), "{schema}");
     }
 }

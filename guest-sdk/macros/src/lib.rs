@@ -11,7 +11,7 @@ use quote::quote;
 use syn::parse::{Parse, ParseStream};
 use syn::{Ident, LitStr, Token};
 
-/// Expands `[$crate] name: "...", build: path, version: ..., input_schema: ...`.
+/// Expands `[$crate] name: "...", build: path, version: ..., input: Type | input_schema: ...`.
 #[proc_macro]
 pub fn workflow_impl(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     match syn::parse::<Args>(input) {
@@ -20,7 +20,7 @@ pub fn workflow_impl(input: proc_macro::TokenStream) -> proc_macro::TokenStream 
     }
 }
 
-const KEYS: &str = "`name`, `build`, `version` or `input_schema`";
+const KEYS: &str = "`name`, `build`, `version`, `input` or `input_schema`";
 
 /// The checked arguments of one `workflow!` call.
 struct Args {
@@ -29,6 +29,8 @@ struct Args {
     build: TokenStream,
     version: Option<TokenStream>,
     input_schema: Option<TokenStream>,
+    /// The run input's type, whose JSON Schema `describe` reports.
+    input: Option<syn::Type>,
 }
 
 impl Parse for Args {
@@ -41,6 +43,7 @@ impl Parse for Args {
         let mut build = None;
         let mut version = None;
         let mut input_schema = None;
+        let mut input_type = None;
         while !input.is_empty() {
             let key: Ident = input
                 .parse()
@@ -52,6 +55,7 @@ impl Parse for Args {
                 "build" => &mut build,
                 "version" => &mut version,
                 "input_schema" => &mut input_schema,
+                "input" => &mut input_type,
                 _ => {
                     return Err(syn::Error::new(
                         key.span(),
@@ -95,12 +99,31 @@ impl Parse for Args {
         if let Some(schema) = &input_schema {
             check_schema_literal(schema)?;
         }
+        let input = match input_type {
+            Some(tokens) => {
+                if input_schema.is_some() {
+                    return Err(syn::Error::new_spanned(
+                        &tokens,
+                        "give either `input: Type` (the schema is derived from it) or \
+                         `input_schema: \"...\"`, not both",
+                    ));
+                }
+                Some(syn::parse2::<syn::Type>(tokens.clone()).map_err(|_| {
+                    syn::Error::new_spanned(
+                        &tokens,
+                        "`input` must be the run input's type (deriving `JsonSchema`)",
+                    )
+                })?)
+            }
+            None => None,
+        };
         Ok(Args {
             krate,
             name,
             build,
             version,
             input_schema,
+            input,
         })
     }
 }
@@ -139,11 +162,17 @@ impl Args {
             build,
             version,
             input_schema,
+            input,
         } = self;
         let version = version.unwrap_or_else(|| quote!(::core::env!("CARGO_PKG_VERSION")));
-        let input_schema = match input_schema {
-            Some(schema) => quote!(::core::option::Option::Some(#schema)),
-            None => quote!(::core::option::Option::None),
+        let input_schema = match (input, input_schema) {
+            (Some(ty), _) => quote!(::core::option::Option::Some(
+                #krate::__private::input_schema::<#ty>()
+            )),
+            (None, Some(schema)) => quote!(::core::option::Option::Some(
+                ::std::string::String::from(#schema)
+            )),
+            (None, None) => quote!(::core::option::Option::None),
         };
         let b = quote!(#krate::__private::bindings);
         quote! {

@@ -11,6 +11,7 @@ mod local;
 mod new;
 mod pretty;
 mod remote;
+mod scan;
 mod scope;
 mod up;
 
@@ -205,6 +206,8 @@ pub struct HostArgs {
     pub max_component_mb: u64,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    #[command(flatten)]
+    pub scan: scan::ScanArgs,
 }
 
 impl HostArgs {
@@ -221,6 +224,7 @@ impl HostArgs {
             build_timeout: self.build_timeout,
             max_component_mb: self.max_component_mb,
             limits: self.limits.guest_limits(),
+            scan: self.scan.limits(),
             ..AppConfig::new(self.root_dir.clone())
         }
     }

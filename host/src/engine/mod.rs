@@ -16,6 +16,7 @@ mod state;
 mod tree;
 pub mod views;
 pub mod watcher;
+pub mod workflows;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{EventBody, NodeKey, RunId, RunStatus};
 use crate::runtime::build::{BuildError, BuildSettings, GuestBuilder};
-use crate::runtime::{LoadError, Loaded, Runtime};
+use crate::runtime::{InputViolation, LoadError, Loaded, Runtime};
 use crate::sandbox::SandboxPolicy;
-use crate::sandbox::paths::{self, PathError, ReadError};
 use crate::store::{Commit, NewRun, Op, RunRow, Store, StoreError};
 
 /// How often active runs refresh their lease.
@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub build: BuildSettings,
     /// Default most tasks in flight per run.
     pub max_concurrency: u32,
+    /// How much of the root dir listing the workflows may look at.
+    pub scan: workflows::ScanLimits,
 }
 
 /// Errors of engine operations, by meaning.
@@ -56,6 +58,9 @@ pub enum EngineError {
     /// The request is malformed.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The run input does not match the workflow's input schema.
+    #[error(transparent)]
+    InvalidInput(#[from] InputViolation),
     /// `workflowPath` resolves outside the root dir.
     #[error("Workflow path must be within server root directory: {0}")]
     WorkflowPathOutsideRoot(String),
@@ -192,6 +197,8 @@ pub(crate) struct EngineInner {
     runtime: Arc<Runtime>,
     config: EngineConfig,
     builder: GuestBuilder,
+    /// What is known of the workflows under the root dir (last builds).
+    catalog: workflows::Catalog,
     owner_id: String,
     active: Mutex<HashMap<RunId, Arc<ActiveRun>>>,
     shutting_down: AtomicBool,
@@ -212,6 +219,7 @@ impl Engine {
             store,
             runtime,
             builder,
+            catalog: workflows::Catalog::default(),
             owner_id: format!("pid:{}:{}", std::process::id(), uuid::Uuid::new_v4()),
             config,
             active: Mutex::new(HashMap::new()),
@@ -257,15 +265,6 @@ impl Engine {
             .contains_key(run_id)
     }
 
-    /// Resolves and loads a workflow without starting anything: the
-    /// validation `start` performs before accepting a run.
-    pub async fn load_workflow(
-        &self,
-        workflow_path: &str,
-    ) -> Result<(PathBuf, Loaded), EngineError> {
-        self.inner.load_workflow(workflow_path).await
-    }
-
     /// Starts a run. Returns once the run is stored and its driver spawned.
     pub async fn start(&self, request: StartRequest) -> Result<RunId, EngineError> {
         let inner = &self.inner;
@@ -289,6 +288,10 @@ impl Engine {
             None => RunId::generate(),
         };
         let (path, loaded) = inner.load_workflow(&request.workflow_path).await?;
+        // Before anything is stored: a refused input leaves no run behind.
+        if let Some(schema) = &loaded.workflow.input_schema {
+            schema.check(&input)?;
+        }
         let slot = inner
             .reserve(&run_id)
             .ok_or_else(|| EngineError::RunAlreadyExists(run_id.clone()))?;
@@ -576,49 +579,6 @@ impl EngineInner {
         if let Some(slot) = self.active.lock().expect("registry").remove(run_id) {
             slot.finished.send_replace(true);
         }
-    }
-
-    async fn load_workflow(&self, workflow_path: &str) -> Result<(PathBuf, Loaded), EngineError> {
-        if workflow_path.trim().is_empty() {
-            return Err(EngineError::InvalidRequest(
-                "workflowPath must be a string".into(),
-            ));
-        }
-        let path =
-            paths::resolve_existing(&self.config.root_dir, workflow_path).map_err(|e| match e {
-                PathError::Escape(p) => EngineError::WorkflowPathOutsideRoot(p),
-                PathError::NotFound(p) => EngineError::WorkflowNotFound(p),
-                PathError::Invalid(p) => {
-                    EngineError::InvalidRequest(format!("invalid workflowPath: {p}"))
-                }
-            })?;
-        let bytes = if path.is_dir() {
-            if !GuestBuilder::is_crate_dir(&path) {
-                return Err(EngineError::WorkflowNotFound(format!(
-                    "{workflow_path} is a directory without a Cargo.toml"
-                )));
-            }
-            self.builder.build(&path).await?
-        } else {
-            self.read_component(workflow_path, &path)?
-        };
-        let loaded = self.runtime.load(bytes).await?;
-        Ok((path, loaded))
-    }
-
-    /// Reads a component file of the root dir: a regular file, within the
-    /// size bound, reached without leaving the root dir (the path was checked,
-    /// but a running workflow may swap in a symlink since).
-    fn read_component(&self, workflow_path: &str, path: &Path) -> Result<Vec<u8>, EngineError> {
-        let limit = self.runtime.config().max_component_bytes;
-        paths::read_beneath(&self.config.root_dir, path, limit).map_err(|e| match e {
-            ReadError::Escape => EngineError::WorkflowPathOutsideRoot(workflow_path.to_string()),
-            ReadError::NotFound => EngineError::WorkflowNotFound(workflow_path.to_string()),
-            ReadError::TooLarge { size, limit } => {
-                EngineError::WorkflowLoad(LoadError::TooLarge { size, limit })
-            }
-            other => EngineError::WorkflowNotFound(format!("{workflow_path}: {other}")),
-        })
     }
 
     /// Resumes a run. A `running` run without a driver in this process is

@@ -214,13 +214,25 @@ impl Engine {
         }
     }
 
+    /// Rebuilds a crate as a start would (so its listing shows the outcome).
     async fn rebuild(&self, krate: &Path) {
-        match self.inner.builder.build(krate).await {
-            Ok(component) => self.precompile_bytes(krate, component).await,
-            Err(e) => tracing::warn!(
+        match self.inner.load_crate(krate).await {
+            Ok(loaded) => tracing::info!(
+                krate = %shown(krate),
+                hash = %loaded.workflow.hash,
+                source = loaded.source.as_str(),
+                compile_ms = loaded.compile_ms,
+                "rebuilt changed guest crate"
+            ),
+            Err(e @ super::EngineError::WorkflowBuild(_)) => tracing::warn!(
                 krate = %shown(krate),
                 error = %bounded(&e.to_string()),
                 "guest crate does not build"
+            ),
+            Err(e) => tracing::warn!(
+                path = %shown(krate),
+                error = %bounded(&e.to_string()),
+                "changed workflow does not load"
             ),
         }
     }

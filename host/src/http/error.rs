@@ -20,6 +20,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// The body is not JSON.
     InvalidJson,
+    /// The run input does not match the workflow's input schema.
+    InvalidInput,
     /// The body is larger than the limit.
     PayloadTooLarge,
     /// The body did not arrive in time.
@@ -72,6 +74,7 @@ impl ErrorCode {
         match self {
             Self::InvalidRequest => "INVALID_REQUEST",
             Self::InvalidJson => "INVALID_JSON",
+            Self::InvalidInput => "INVALID_INPUT",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::Unauthorized => "UNAUTHORIZED",
@@ -102,6 +105,7 @@ impl ErrorCode {
         match self {
             Self::InvalidRequest
             | Self::InvalidJson
+            | Self::InvalidInput
             | Self::WorkflowPathOutsideRoot
             | Self::WorkflowNotFound
             | Self::RunIdRequired => StatusCode::BAD_REQUEST,
@@ -218,6 +222,11 @@ impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::InvalidRequest(message) => Self::invalid(message),
+            EngineError::InvalidInput(violation) => {
+                Self::new(ErrorCode::InvalidInput, violation.to_string()).with_details(
+                    json!({ "pointer": violation.pointer, "reason": violation.reason }),
+                )
+            }
             EngineError::WorkflowPathOutsideRoot(path) => Self::new(
                 ErrorCode::WorkflowPathOutsideRoot,
                 "Workflow path must be within server root directory",
@@ -303,6 +312,23 @@ mod tests {
             LoadError::Describe(String::new()),
         ] {
             assert_eq!(ErrorCode::of_load_error(&error).as_str(), error.code());
+        }
+    }
+
+    #[test]
+    fn workflow_listings_name_errors_with_the_codes_a_start_answers() {
+        use crate::runtime::build::BuildError;
+        for error in [
+            EngineError::WorkflowLoad(LoadError::Describe(String::new())),
+            EngineError::WorkflowLoad(LoadError::TooLarge { size: 2, limit: 1 }),
+            EngineError::WorkflowBuild(BuildError::NotACrate(String::new())),
+            EngineError::WorkflowNotFound(String::new()),
+            EngineError::WorkflowPathOutsideRoot(String::new()),
+            EngineError::InvalidRequest(String::new()),
+            EngineError::ShuttingDown,
+        ] {
+            let code = error.workflow_code();
+            assert_eq!(ApiError::from(error).code.as_str(), code);
         }
     }
 

@@ -246,6 +246,8 @@ pub fn router(state: ApiState, policy: AccessPolicy) -> Router {
         .route("/v1/approval/list", get(approvals::list))
         .route("/approval/list", get(approvals::list))
         .route("/approvals", get(approvals::list))
+        .route("/v1/workflows", get(workflows::list))
+        .route("/v1/workflows/{path}", get(workflows::one))
         .route("/v1/workflows/preflight", post(workflows::preflight));
     finish(routes, state, policy)
 }

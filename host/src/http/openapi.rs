@@ -128,6 +128,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Start a run (or resume one with `resume: true` and `runId`)",
         Input::Body,
         &[
+            E::InvalidInput,
             E::RunIdRequired,
             E::RunAlreadyExists,
             E::RunNotFound,
@@ -255,6 +256,22 @@ pub const OPERATIONS: &[Operation] = &[
     alias(LIST_APPROVALS, "listApprovalsAlias", "/approval/list"),
     alias(LIST_APPROVALS, "listApprovalsShort", "/approvals"),
     op(
+        "get",
+        "/v1/workflows",
+        "listWorkflows",
+        "The workflows under the root dir (bounded walk; crates are built only with build=true)",
+        Input::Query,
+        &[E::ShuttingDown],
+    ),
+    op(
+        "get",
+        "/v1/workflows/{path}",
+        "getWorkflow",
+        "One workflow, resolved like workflowPath and loaded (a crate is built)",
+        Input::None,
+        &[E::NotFound, E::WorkflowPathOutsideRoot, E::ShuttingDown],
+    ),
+    op(
         "post",
         "/v1/workflows/preflight",
         "preflightWorkflow",
@@ -289,6 +306,7 @@ macro_rules! documented_codes {
 documented_codes! {
     InvalidRequest: "a parameter, header or field is malformed",
     InvalidJson: "the body is not JSON",
+    InvalidInput: "the run input does not match the workflow's input schema; details: {pointer, reason}",
     PayloadTooLarge: "the body is larger than --max-body-bytes",
     RequestTimeout: "the body did not arrive within 60 s",
     Unauthorized: "missing or wrong token",
@@ -421,6 +439,10 @@ fn parameters(operation: &Operation) -> Vec<Value> {
             "{nodeId}" if operation.id == "getNode" => out.push(path_param("nodeId", "Node id")),
             "{nodeId}" => out.push(path_param("nodeId", "Approval node id")),
             "{name}" => out.push(path_param("name", "Signal name")),
+            "{path}" => out.push(path_param(
+                "path",
+                "Workflow path under the root dir, percent-encoded (`/` as `%2F`)",
+            )),
             _ => {}
         }
     }
@@ -448,6 +470,11 @@ fn parameters(operation: &Operation) -> Vec<Value> {
                 json!({ "type": "string" }),
             ),
         ]),
+        "listWorkflows" => out.push(query_param(
+            "build",
+            "Build the guest crates that are not built from their current sources (default false)",
+            json!({ "type": "string", "enum": ["true", "false", "1", "0", ""] }),
+        )),
         "listFrames" => out.extend([
             query_param(
                 "limit",
@@ -581,6 +608,8 @@ fn ok_content(id: &str) -> Value {
         })),
         "sendSignal" | "sendSignalLegacy" => json_of(schema_ref("SignalReceipt")),
         "preflightWorkflow" => json_of(schema_ref("PreflightReport")),
+        "listWorkflows" => json_of(schema_ref("WorkflowList")),
+        "getWorkflow" => json_of(schema_ref("Workflow")),
         _ => json_of(json!({
             "type": "object", "required": ["approvals"],
             "properties": { "approvals": { "type": "array", "items": schema_ref("PendingApproval") } },
@@ -775,6 +804,36 @@ fn components() -> Value {
                     "signalName": { "type": "string" },
                     "correlationId": string_or_null,
                     "receivedAtMs": int,
+                },
+            },
+            "Workflow": {
+                "type": "object",
+                "required": ["path", "kind", "state", "name", "version", "hash", "inputSchema", "error"],
+                "properties": {
+                    "path": { "type": "string", "description": "relative to the root dir; a workflowPath that starts it" },
+                    "kind": { "type": "string", "enum": ["component", "crate"] },
+                    "state": {
+                        "type": "string",
+                        "enum": ["ready", "not-built", "outdated", "failed"],
+                        "description": "ready: it loads (a crate: built from its current sources); not-built: a crate this host has not built; outdated: a crate whose sources changed since its last build; failed: see error",
+                    },
+                    "name": string_or_null,
+                    "version": string_or_null,
+                    "hash": string_or_null,
+                    "inputSchema": { "type": ["object", "boolean", "null"], "description": "the JSON Schema run inputs must match" },
+                    "error": {
+                        "type": ["object", "null"],
+                        "required": ["code", "message"],
+                        "properties": { "code": { "type": "string" }, "message": { "type": "string" } },
+                    },
+                },
+            },
+            "WorkflowList": {
+                "type": "object",
+                "required": ["workflows", "truncated"],
+                "properties": {
+                    "workflows": { "type": "array", "items": schema_ref("Workflow") },
+                    "truncated": { "type": "boolean", "description": "a scan limit stopped the walk; there may be more" },
                 },
             },
             "PreflightReport": {

@@ -18,6 +18,7 @@ mod cache;
 mod deadline;
 mod errors;
 mod limits;
+pub mod schema;
 mod tools;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub use bindings::types::{
 pub use cache::{CacheStats, LoadSource};
 pub use errors::{GuestFault, LoadError};
 pub use limits::{GuestLimits, LimitExceeded, OUTPUT_LIMIT_EXCEEDED, OutputBudget};
+pub use schema::{InputSchema, InputViolation};
 
 use crate::model::{ComponentHash, EventBody};
 use crate::sandbox::SandboxPolicy;
@@ -95,6 +97,8 @@ pub struct Workflow {
     pub hash: ComponentHash,
     /// What `describe()` returned.
     pub info: WorkflowInfo,
+    /// `info.input_schema`, compiled: every run's input is checked against it.
+    pub input_schema: Option<InputSchema>,
     pre: bindings::WorkflowPre<HostState>,
 }
 
@@ -260,6 +264,7 @@ impl Runtime {
                 version: String::new(),
                 input_schema: None,
             },
+            input_schema: None,
             pre,
         };
         let (mut store, _out) = self.render_store();
@@ -278,6 +283,12 @@ impl Runtime {
             Ok(Err(e)) => return Err(LoadError::Describe(clipped(fault_of(&e, &store).message))),
             Err(fault) => return Err(LoadError::Describe(clipped(fault.message))),
         };
+        // A schema that cannot check anything is the author's bug: refuse the
+        // component, as for a describe that fails, rather than run unchecked.
+        if let Some(text) = &workflow.info.input_schema {
+            let schema = InputSchema::compile(text).map_err(|e| LoadError::Describe(clipped(e)))?;
+            workflow.input_schema = Some(schema);
+        }
         Ok(workflow)
     }
 

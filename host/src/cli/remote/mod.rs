@@ -11,6 +11,7 @@
 
 mod outputs;
 mod watch;
+mod workflows;
 
 use std::io::Write;
 
@@ -74,6 +75,9 @@ enum Verb {
     Runs(RunsArgs),
     /// List a run's render frames, newest first.
     Frames(FramesArgs),
+    /// List the workflows under the host's root dir, or show one (with its
+    /// input schema).
+    Workflows(workflows::WorkflowsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +186,7 @@ pub async fn main(args: ClientArgs) -> u8 {
         Verb::Resume(a) => resume(&client, &a.run, json).await,
         Verb::Runs(a) => runs(&client, a, json).await,
         Verb::Frames(a) => frames(&client, a, json).await,
+        Verb::Workflows(a) => workflows::workflows(&client, a, json).await,
     };
     match result {
         Ok(Next::Done) => EXIT_FINISHED,
