@@ -1,6 +1,7 @@
 //! A project of one's own, the way a new user makes it: `smithers-host new`
-//! in a directory outside this checkout, then `run`, `approve`, the crate's
-//! own tests, and several such crates served from one root dir.
+//! in a directory outside this checkout, then `run` (outputs printed, inputs
+//! checked against the derived schema), `approve`, the crate's own tests, and
+//! several such crates served from one root dir and listed by the server.
 
 mod common;
 mod http_support;
@@ -105,20 +106,44 @@ fn new_makes_a_standalone_crate_that_runs_and_tests_outside_the_checkout() {
         "an existing crate was overwritten"
     );
 
-    // Built by the host (in its sandbox), run, parked at the approval.
+    // An input the derived schema refuses starts nothing and names where.
+    let out = project.host(&["run", "demo", "--input", r#"{"topic":3}"#]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    assert!(text(&out).contains("/topic"), "{}", text(&out));
+
+    // Built by the host (in its sandbox), run, parked at the approval; the
+    // draft's output is printed.
+    let out = project.host(&["run", "demo", "--input", r#"{"topic":"tea"}"#]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("A short note about tea."), "{printed}");
+
+    // `--json` carries the outputs on `NodeFinished`.
     let out = project.host(&["run", "demo", "--input", r#"{"topic":"tea"}"#, "--json"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let events = ndjson(&out);
     let run_id = events[0]["runId"].as_str().unwrap().to_string();
     assert!(events.iter().any(|e| e["type"] == "ApprovalRequested"));
+    let draft = events
+        .iter()
+        .find(|e| e["type"] == "NodeFinished" && e["nodeId"] == "draft")
+        .unwrap_or_else(|| panic!("no NodeFinished for draft: {events:?}"));
+    assert_eq!(
+        draft["output"],
+        json!({ "text": "A short note about tea.", "words": 5 })
+    );
 
-    // Approved: it finishes, and publish read what draft wrote.
-    let out = project.host(&["approve", &run_id, "review", "--by", "ada", "--json"]);
+    // Approved: it finishes, printing what publish made of the draft.
+    let out = project.host(&["approve", &run_id, "review", "--by", "ada"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("published"), "{printed}");
+    assert!(printed.contains("ada"), "{printed}");
     let out = project.host(&["status", &run_id, "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["status"], "finished", "{status}");
+    assert!(status.to_string().contains("approvedBy"), "{status}");
 
     // The crate's own native test passes (sharing the workspace's target dir
     // so its dependencies are not compiled again).
@@ -172,5 +197,40 @@ async fn several_new_crates_are_served_from_one_root_dir() {
     }
     for run in &runs {
         server.wait_status(run, "finished").await;
+        let (status, body) = server.get(&format!("/v1/runs/{run}/outputs")).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.to_string().contains("\"approvedBy\":\"ada\""),
+            "{body}"
+        );
     }
+
+    // The server knows both, with the schema their SDK derived from `Input`.
+    let (status, listed) = server.get("/v1/workflows").await;
+    assert_eq!(status, 200, "{listed}");
+    for name in ["notes", "digest"] {
+        let workflow = listed["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["path"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {listed}"));
+        assert_eq!(workflow["state"], "ready", "{workflow}");
+        assert_eq!(workflow["name"], name, "{workflow}");
+        assert_eq!(
+            workflow["inputSchema"]["properties"]["topic"]["type"], "string",
+            "{workflow}"
+        );
+    }
+
+    // And refuses an input that does not match it, naming where.
+    let (status, body) = server
+        .post(
+            "/v1/runs",
+            json!({ "workflowPath": "digest", "input": { "topic": 3 } }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_INPUT", "{body}");
+    assert_eq!(body["error"]["details"]["pointer"], "/topic", "{body}");
 }

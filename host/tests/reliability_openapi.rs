@@ -78,7 +78,7 @@ async fn every_route_of_the_server_router_is_documented_and_nothing_else() {
     let unrouted: Vec<_> = documented.difference(&served).collect();
     assert!(
         undocumented.is_empty(),
-        "routes missing from host/src/http/openapi.rs: {undocumented:?}"
+        "routes missing from host/src/http/openapi/: {undocumented:?}"
     );
     assert!(
         unrouted.is_empty(),

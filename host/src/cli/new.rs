@@ -180,19 +180,23 @@ async fn fetch(dir: &Path) -> bool {
 
 const LIB_RS: &str = r#"//! `{name}`: a workflow made by `smithers-host new`.
 //!
-//! Input: `{"topic": "tea"}` (optional; the topic defaults to `the weather`).
+//! Input: `{"topic": "tea"}` (optional; the topic defaults to `the weather`). The host checks
+//! every input against the JSON Schema derived from `Input`: `{"topic": 3}` is refused with
+//! `INVALID_INPUT` at `/topic` before anything starts.
 //!
 //! * `draft` writes a short note about the topic: `{"text": ..., "words": n}`;
 //! * `review` parks the run until someone approves or denies the note (a denial fails the run);
 //! * `publish` returns `{"published": <text>, "approvedBy": <who>}`.
 
+use smithers_sdk::schemars::JsonSchema;
 use smithers_sdk::serde::{Deserialize, Serialize};
 use smithers_sdk::serde_json::json;
 use smithers_sdk::{ApprovalDecision, Ctx, Node, OnDeny, approval, sequence, task};
 
-/// The run's input.
-#[derive(Deserialize)]
+/// The run's input (its doc comments become the schema's descriptions).
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "smithers_sdk::serde", default)]
+#[schemars(crate = "smithers_sdk::schemars")]
 struct Input {
     /// What the note is about.
     topic: String,
@@ -241,7 +245,7 @@ fn build(ctx: &Ctx) -> Node {
     ])
 }
 
-smithers_sdk::workflow!(name: "{name}", build: build);
+smithers_sdk::workflow!(name: "{name}", build: build, input: Input);
 
 #[cfg(test)]
 mod tests {
@@ -288,8 +292,13 @@ Or serve every workflow of the directory over HTTP and drive it with `curl` or
 
 ```sh
 smithers-host --root-dir .
+curl -s localhost:7331/v1/workflows/{name}           # its input schema, derived from `Input`
 curl -s localhost:7331/v1/runs -d '{"workflowPath":"{name}","input":{"topic":"tea"}}'
+curl -s localhost:7331/v1/runs/RUN_ID/outputs        # what its tasks returned
 ```
+
+An input that does not match the schema (`{"topic": 3}`) is refused with 400
+`INVALID_INPUT` and the JSON pointer of the offending value (`/topic`); nothing starts.
 
 ## Test it
 
