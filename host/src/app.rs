@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::runtime::build::{BuildError, BuildSettings, DEFAULT_BUILD_TIMEOUT, check_settings};
+use crate::runtime::http::HttpPolicy;
 use crate::runtime::{DEFAULT_MAX_COMPONENT_BYTES, GuestLimits, Runtime, RuntimeConfig};
 use crate::sandbox::SandboxPolicy;
 use crate::state_dir::{StateDir, StateDirError};
@@ -45,6 +46,8 @@ pub struct AppConfig {
     pub max_component_mb: u64,
     /// Deadlines and output caps of guests.
     pub limits: GuestLimits,
+    /// Outbound HTTP of workflows (closed by default).
+    pub http: Arc<HttpPolicy>,
 }
 
 impl AppConfig {
@@ -64,6 +67,7 @@ impl AppConfig {
             build_timeout: DEFAULT_BUILD_TIMEOUT,
             max_component_mb: DEFAULT_MAX_COMPONENT_BYTES >> 20,
             limits: GuestLimits::default(),
+            http: Arc::new(HttpPolicy::default()),
         }
     }
 }
@@ -132,6 +136,7 @@ impl App {
             limits: config.limits.clone(),
             cache_dir: Some(state_dir.cache_dir()),
             max_component_bytes: config.max_component_mb.max(1) << 20,
+            http: config.http.clone(),
             ..RuntimeConfig::default()
         })
         .map_err(|e| AppError::Runtime(format!("{e:#}")))?;

@@ -144,6 +144,15 @@ impl Printer {
                     ""
                 },
             ),
+            "HttpDenied" => format!(
+                "  ⊘ {} HTTP {} {}://{}:{} denied ({})",
+                node(),
+                s("method"),
+                s("scheme"),
+                s("host"),
+                n("port"),
+                s("reason")
+            ),
             "RunStatusChanged" => format!("run is {}", s("status")),
             "RunFinished" => "run finished".to_string(),
             "RunFailed" => format!(

@@ -1,8 +1,9 @@
 //! Executing workflow components with wasmtime.
 //!
 //! One [`Runtime`] owns the wasmtime `Engine` (configured once: async, epoch
-//! interruption, pooling allocator), the `Linker` (WASI without sockets plus
-//! our `tools`) and the compiled-component cache. Every `describe`, `render`
+//! interruption, pooling allocator), the `Linker` (WASI without sockets,
+//! `wasi:http`'s outgoing handler behind the operator's policy — see
+//! `http/` — plus our `tools`) and the compiled-component cache. Every `describe`, `render`
 //! and `run-task` call gets a fresh `Store` instantiated from a cached
 //! `InstancePre`, with a memory limit and its own WASI context: no state leaks
 //! between calls, and a guest that traps, loops or exhausts memory only fails
@@ -17,6 +18,7 @@ pub mod build;
 mod cache;
 mod deadline;
 mod errors;
+pub mod http;
 mod limits;
 mod tools;
 
@@ -73,6 +75,8 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest component accepted (files and build output alike).
     pub max_component_bytes: u64,
+    /// The operator's outbound HTTP policy (closed by default).
+    pub http: Arc<http::HttpPolicy>,
 }
 
 impl Default for RuntimeConfig {
@@ -85,6 +89,7 @@ impl Default for RuntimeConfig {
             memory_cache_entries: 64,
             max_instances: 1000,
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            http: Arc::new(http::HttpPolicy::default()),
         }
     }
 }
@@ -139,6 +144,17 @@ pub struct HostState {
     table: ResourceTable,
     limiter: GuestLimiter,
     tools: Option<tools::ToolContext>,
+    http: http::HttpState,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -173,6 +189,7 @@ impl Runtime {
         };
         let mut linker = Linker::<HostState>::new(&engine);
         add_wasi_without_sockets(&mut linker)?;
+        http::add_to_linker(&mut linker)?;
         bindings::Workflow::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let ticker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
@@ -244,7 +261,8 @@ impl Runtime {
         let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
             LoadError::UnsatisfiedImport(clipped(format!(
                 "the component needs something this host does not provide \
-                 (workflows get WASI files, clocks and random numbers, and no sockets): {e:#}"
+                 (workflows get WASI files, clocks, random numbers and wasi:http's \
+                 outgoing handler, and no sockets): {e:#}"
             )))
         })?;
         let pre = bindings::WorkflowPre::new(instance_pre).map_err(|e| {
@@ -285,10 +303,16 @@ impl Runtime {
         let stdout = CapturedOutput::new(self.config.limits.max_stdio_bytes);
         let stderr = CapturedOutput::new(self.config.limits.max_stdio_bytes);
         let wasi = crate::sandbox::wasi::render_context(&stdout, &stderr);
-        (self.new_store(wasi, None), (stdout, stderr))
+        let http = http::HttpState::closed(self.config.http.clone());
+        (self.new_store(wasi, None, http), (stdout, stderr))
     }
 
-    fn new_store(&self, wasi: WasiCtx, tools: Option<tools::ToolContext>) -> Store<HostState> {
+    fn new_store(
+        &self,
+        wasi: WasiCtx,
+        tools: Option<tools::ToolContext>,
+        http: http::HttpState,
+    ) -> Store<HostState> {
         let mut store = Store::new(
             &self.engine,
             HostState {
@@ -296,6 +320,7 @@ impl Runtime {
                 table: ResourceTable::new(),
                 limiter: GuestLimiter::new(self.config.max_memory_bytes),
                 tools,
+                http,
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -370,8 +395,18 @@ impl Runtime {
         let cancel = env.cancel.clone();
         let timeout = env.timeout;
         let budget = env.budget.clone();
+        let http = http::HttpState::for_task(
+            self.config.http.clone(),
+            http::TaskAttribution {
+                events: env.events.clone(),
+                run_id: env.run_id.clone(),
+                node_id: env.node_id.clone(),
+                iteration: env.iteration,
+                attempt: env.attempt,
+            },
+        );
         let tools = tools::ToolContext::new(env, limits);
-        let mut store = self.new_store(wasi, Some(tools));
+        let mut store = self.new_store(wasi, Some(tools), http);
         let result = with_deadline(Call::Task, timeout, &cancel, async {
             let instance = workflow.pre.instantiate_async(&mut store).await?;
             instance.call_run_task(&mut store, ctx).await
