@@ -4,6 +4,7 @@
 mod follow;
 mod limits;
 mod local;
+mod outbound;
 mod print;
 mod remote;
 mod up;
@@ -160,11 +161,33 @@ pub struct HostArgs {
     pub max_component_mb: u64,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    /// The host's config file (TOML): its `[http]` table holds the outbound
+    /// HTTP policy (`allow`, `timeout`, `max_response_bytes`). With
+    /// `gateway`, the gateway's config file (which may hold `[http]` too).
+    #[arg(long, global = true, env = "SMITHERS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub http: outbound::HttpArgs,
 }
 
 impl HostArgs {
-    fn app_config(&self) -> AppConfig {
-        AppConfig {
+    /// `--config`, or in gateway mode also `SMITHERS_GATEWAY_CONFIG`.
+    fn config_file(&self, gateway: bool) -> Option<PathBuf> {
+        let from_env = || std::env::var_os("SMITHERS_GATEWAY_CONFIG").map(PathBuf::from);
+        self.config
+            .clone()
+            .or_else(|| gateway.then(from_env).flatten())
+    }
+
+    /// The configuration every command opens its host with; refuses bad
+    /// flags or a bad config file before anything is opened.
+    fn app_config(&self, gateway: bool) -> Result<AppConfig, String> {
+        let table = match &self.config_file(gateway) {
+            Some(path) => outbound::read_config(path, gateway)?,
+            None => outbound::HttpTable::default(),
+        };
+        let http = self.http.policy(table)?;
+        Ok(AppConfig {
             state_dir: self.state_dir.clone(),
             allow_network: self.allow_network,
             allow_missing_landlock: self.allow_missing_landlock,
@@ -176,8 +199,9 @@ impl HostArgs {
             build_timeout: self.build_timeout,
             max_component_mb: self.max_component_mb,
             limits: self.limits.guest_limits(),
+            http,
             ..AppConfig::new(self.root_dir.clone())
-        }
+        })
     }
 }
 
@@ -233,8 +257,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
+    let gateway_mode = matches!(cli.command, Some(Command::Gateway(_)));
+    let config = match cli.host.app_config(gateway_mode) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("smithers-host: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let gateway_file = cli.host.config_file(true);
     let code = runtime.block_on(async move {
-        let config = cli.host.app_config();
         match cli.command {
             None | Some(Command::Serve) => serve(config, &cli.server).await,
             Some(Command::Run(args)) => local::run(config, args).await,
@@ -247,7 +279,7 @@ pub fn main() -> ExitCode {
             Some(Command::Runs(args)) => local::runs(config, args).await,
             Some(Command::Preflight(args)) => local::preflight(config, args).await,
             Some(Command::Client(args)) => remote::main(args).await,
-            Some(Command::Gateway(args)) => gateway(config, args).await,
+            Some(Command::Gateway(_)) => gateway(config, gateway_file).await,
             Some(Command::Up(args)) => up::up(config, cli.server.server_config(), args).await,
         }
     });
@@ -313,18 +345,21 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Options of `smithers-host gateway`.
+/// Options of `smithers-host gateway`: its configuration is the global
+/// `--config FILE` (or `SMITHERS_GATEWAY_CONFIG`), see examples/gateway.toml.
 #[derive(Debug, Args)]
-pub struct GatewayArgs {
-    /// Gateway configuration (TOML; see examples/gateway.toml).
-    #[arg(long, env = "SMITHERS_GATEWAY_CONFIG")]
-    pub config: PathBuf,
-}
+pub struct GatewayArgs {}
 
 /// Gateway mode: loads and checks the config before opening anything, then
 /// serves until SIGINT or SIGTERM.
-async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
-    let gateway_config = match crate::gateway::config::GatewayConfig::load(&args.config) {
+async fn gateway(config: AppConfig, file: Option<PathBuf>) -> u8 {
+    let Some(file) = file else {
+        return local::fail(
+            "gateway needs --config FILE (see examples/gateway.toml)",
+            EXIT_USAGE,
+        );
+    };
+    let gateway_config = match crate::gateway::config::GatewayConfig::load(&file) {
         Ok(config) => config,
         Err(e) => return local::fail(e, EXIT_USAGE),
     };
@@ -332,7 +367,7 @@ async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
         Ok(app) => app,
         Err(e) => return local::fail(e, EXIT_REFUSED),
     };
-    match crate::gateway::serve(app, gateway_config, Some(args.config), shutdown_signal()).await {
+    match crate::gateway::serve(app, gateway_config, Some(file), shutdown_signal()).await {
         Ok(()) => EXIT_FINISHED,
         Err(e) => {
             eprintln!("smithers-host: {e}");

@@ -624,6 +624,18 @@ fn components() -> Value {
                     "version": { "type": "string" },
                     "activeRuns": int,
                     "sandbox": { "type": ["object", "null"] },
+                    "http": {
+                        "type": "object",
+                        "description": "the outbound HTTP policy of workflows (closed unless enabled)",
+                        "required": ["enabled", "allow", "timeoutMs", "maxResponseBytes"],
+                        "properties": {
+                            "enabled": { "type": "boolean" },
+                            "allow": { "type": "array", "items": { "type": "string" } },
+                            "timeoutMs": int,
+                            "maxResponseBytes": int,
+                            "privateAddressesNeedIpPattern": { "type": "boolean" },
+                        },
+                    },
                 },
             },
             "RunRef": {
