@@ -1,9 +1,11 @@
 //! What the host does for a task: run a confined shell command, write a log line, stream a
-//! value to the run's listeners. Call these from task closures (not from the build function,
+//! value to the run's listeners, send an HTTP request ([`http`]). Call these from task closures (not from the build function,
 //! which must stay a pure function of its context).
 //!
 //! Outside the host (native tests), [`log`] writes to stderr, [`emit`] does nothing and
 //! [`bash`] fails with `TOOL_UNAVAILABLE`, so a task that uses them can still be tested.
+
+pub mod http;
 
 use std::fmt;
 
