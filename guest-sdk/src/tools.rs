@@ -136,6 +136,20 @@ pub fn bash_with(command: &str, options: BashOptions) -> Result<BashOutput, Tool
     host::bash(command, options)
 }
 
+/// The placeholder of the operator's secret `name` (`--secret NAME`): an opaque string to
+/// put where the secret belongs in an HTTP request ([`http`]), e.g.
+/// `format!("Bearer {}", secret("API_KEY")?)`. The host replaces it by the real value only
+/// in requests to the destinations the secret is bound to, and replaces the value by the
+/// placeholder in what comes back: the task never sees the value. Fails with
+/// `SECRET_UNKNOWN` when the operator gave no such secret.
+pub fn secret(name: &str) -> Result<String, ToolError> {
+    // The host puts each placeholder in the task's WASI environment under its name.
+    std::env::var(name).map_err(|_| ToolError {
+        code: "SECRET_UNKNOWN".to_owned(),
+        message: format!("no secret {name:?} is given to this workflow (--secret {name})"),
+    })
+}
+
 /// Writes a line to the host log, attributed to the run and the node.
 pub fn log(level: Level, message: impl AsRef<str>) {
     host::log(level, message.as_ref());

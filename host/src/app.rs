@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::runtime::build::{BuildError, BuildSettings, DEFAULT_BUILD_TIMEOUT, check_settings};
-use crate::runtime::http::HttpPolicy;
+use crate::runtime::http::{HttpPolicy, Secrets};
 use crate::runtime::{DEFAULT_MAX_COMPONENT_BYTES, GuestLimits, Runtime, RuntimeConfig};
 use crate::sandbox::SandboxPolicy;
 use crate::state_dir::{StateDir, StateDirError};
@@ -48,6 +48,8 @@ pub struct AppConfig {
     pub limits: GuestLimits,
     /// Outbound HTTP of workflows (closed by default).
     pub http: Arc<HttpPolicy>,
+    /// Secrets for outbound HTTP (none by default).
+    pub secrets: Arc<Secrets>,
 }
 
 impl AppConfig {
@@ -68,6 +70,7 @@ impl AppConfig {
             max_component_mb: DEFAULT_MAX_COMPONENT_BYTES >> 20,
             limits: GuestLimits::default(),
             http: Arc::new(HttpPolicy::default()),
+            secrets: Arc::new(Secrets::default()),
         }
     }
 }
@@ -137,6 +140,7 @@ impl App {
             cache_dir: Some(state_dir.cache_dir()),
             max_component_bytes: config.max_component_mb.max(1) << 20,
             http: config.http.clone(),
+            secrets: config.secrets.clone(),
             ..RuntimeConfig::default()
         })
         .map_err(|e| AppError::Runtime(format!("{e:#}")))?;

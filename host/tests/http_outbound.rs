@@ -26,13 +26,18 @@ use serde_json::{Value, json};
 
 const FIXTURE: &str = "fixture-http";
 
-/// What an upstream server saw: each request's path and `Host` header.
+/// What an upstream server saw: each request's path and `Host` header, and
+/// what `/echo-auth` received (`Authorization` and body).
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, String)>>>);
+struct Seen(Arc<Mutex<Vec<(String, String)>>>, Arc<Mutex<Vec<String>>>);
 
 impl Seen {
     fn requests(&self) -> Vec<(String, String)> {
         self.0.lock().unwrap().clone()
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.1.lock().unwrap().clone()
     }
 }
 
@@ -46,7 +51,20 @@ impl Upstream {
     async fn start() -> Self {
         let seen = Seen::default();
         let record = seen.clone();
+        let received = seen.1.clone();
         let app = Router::new()
+            .route(
+                "/echo-auth",
+                post(move |headers: HeaderMap, body: String| async move {
+                    let auth = headers
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    received.lock().unwrap().push(format!("{auth}|{body}"));
+                    ([("x-echo", auth.clone())], format!("{auth}|{body}"))
+                }),
+            )
             .route("/hello", get(|| async { "hello from upstream" }))
             .route(
                 "/host",
@@ -402,6 +420,114 @@ async fn an_over_cap_response_or_a_slow_one_fails_with_a_clear_error() {
     // Under the cap, the same host still answers.
     let run = fetch(&server, json!({ "url": upstream.url("/hello") })).await;
     assert_eq!(run.output()["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_only_their_destinations_and_never_the_guest_or_the_record() {
+    const VALUE: &str = "sk-live-9f8e7d6c5b4a3f2e1d0c";
+    let bound = Upstream::start().await;
+    let other = Upstream::start().await;
+    let server = Server::with(Options {
+        install: vec![FIXTURE.into()],
+        extra_args: vec![
+            "--http-allow".into(),
+            bound.pattern(),
+            "--http-allow".into(),
+            other.pattern(),
+            "--secret".into(),
+            format!("API_KEY=SMITHERS_TEST_API_KEY@{}+body", bound.pattern()),
+        ],
+        env: vec![("SMITHERS_TEST_API_KEY".into(), VALUE.into())],
+        ..Options::default()
+    });
+    let (_, health) = server.get("/health").await;
+    let secret = &health["http"]["secrets"][0];
+    assert_eq!(secret["name"], "API_KEY", "{health}");
+    assert_eq!(secret["boundTo"], json!([bound.pattern()]));
+    assert_eq!(secret["inBody"], true);
+
+    let request = |upstream: &Upstream| {
+        json!({
+            "method": "POST",
+            "url": upstream.url("/echo-auth"),
+            "headers": [["authorization", "Bearer ${secret:API_KEY}"]],
+            "body": "key=${secret:API_KEY}",
+        })
+    };
+    let to_bound = fetch(&server, request(&bound)).await;
+    let to_other = fetch(&server, request(&other)).await;
+
+    // The bound destination got the value, in the header and the body ...
+    assert_eq!(
+        bound.seen.received(),
+        vec![format!("Bearer {VALUE}|key={VALUE}")]
+    );
+    // ... the guest saw only its placeholder, even in what came back ...
+    let output = to_bound.output();
+    let placeholder = output["headers"]["x-echo"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string();
+    assert!(
+        placeholder.starts_with("smithers-secret-API_KEY-"),
+        "{output}"
+    );
+    assert_eq!(
+        output["body"],
+        format!("Bearer {placeholder}|key={placeholder}")
+    );
+    // ... and a destination it is not bound to got the placeholder.
+    assert_eq!(
+        other.seen.received(),
+        vec![format!("Bearer {placeholder}|key={placeholder}")]
+    );
+    assert_eq!(to_other.output()["status"], 200);
+
+    // The value is nowhere in the run's record, the host's answers or files.
+    let mut places = vec![
+        ("/health", health.to_string()),
+        (
+            "/metrics",
+            server
+                .client
+                .get(server.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        ),
+        ("the host's log", server.log()),
+    ];
+    for run in [&to_bound, &to_other] {
+        let events: Vec<String> = run.events.iter().map(|e| e.data.to_string()).collect();
+        places.push(("the run's events", events.join("\n")));
+        places.push(("the run's status", run.status.to_string()));
+    }
+    for entry in walk(server.state.path()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        places.push(("a state file", String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    for (place, text) in places {
+        assert!(!text.contains(VALUE), "the secret's value is in {place}");
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[test]

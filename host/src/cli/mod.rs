@@ -187,6 +187,7 @@ impl HostArgs {
             None => outbound::HttpTable::default(),
         };
         let http = self.http.policy(table)?;
+        let secrets = self.http.secrets()?;
         Ok(AppConfig {
             state_dir: self.state_dir.clone(),
             allow_network: self.allow_network,
@@ -200,6 +201,7 @@ impl HostArgs {
             max_component_mb: self.max_component_mb,
             limits: self.limits.guest_limits(),
             http,
+            secrets,
             ..AppConfig::new(self.root_dir.clone())
         })
     }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::limits::parse_duration;
 use crate::runtime::http::policy::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
-use crate::runtime::http::{HttpPolicy, Pattern};
+use crate::runtime::http::{HttpPolicy, Pattern, SecretSpec, Secrets};
 
 /// Largest config file read (it is the operator's, but still bounded).
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -40,6 +40,14 @@ pub struct HttpArgs {
     /// larger response fails the request.
     #[arg(long, global = true)]
     pub max_http_response_bytes: Option<u64>,
+    /// A secret for workflows' HTTP requests (repeatable):
+    /// `NAME[=ENV_VAR][@PATTERN..][+body]`. The value is read from the
+    /// host's environment (`ENV_VAR`, default `NAME`); a task sees only a
+    /// placeholder (env var `NAME`, `tools::secret`), which the host replaces
+    /// by the value in headers (and with `+body` in the body) of requests to
+    /// the bound destinations (any allowed one when unbound).
+    #[arg(long = "secret", global = true, value_name = "SPEC")]
+    pub secrets: Vec<SecretSpec>,
 }
 
 /// The `[http]` table of the config file (absent: empty).
@@ -85,6 +93,12 @@ fn parse_config(text: &str, other_tables: bool) -> Result<HttpTable, String> {
 }
 
 impl HttpArgs {
+    /// The secrets, their values read from the host's environment now.
+    pub(super) fn secrets(&self) -> Result<Arc<Secrets>, String> {
+        let secrets = Secrets::resolve(&self.secrets, |var| std::env::var(var).ok())?;
+        Ok(Arc::new(secrets))
+    }
+
     /// The policy: the file's table (if any) plus the flags.
     pub(super) fn policy(&self, file: HttpTable) -> Result<Arc<HttpPolicy>, String> {
         let allow = file
@@ -132,6 +146,7 @@ mod tests {
             allow: allow.iter().map(ToString::to_string).collect(),
             http_timeout: None,
             max_http_response_bytes: None,
+            secrets: Vec::new(),
         }
     }
 

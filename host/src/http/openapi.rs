@@ -634,6 +634,18 @@ fn components() -> Value {
                             "timeoutMs": int,
                             "maxResponseBytes": int,
                             "privateAddressesNeedIpPattern": { "type": "boolean" },
+                            "secrets": {
+                                "type": "array",
+                                "description": "names and bindings of the operator's secrets (never their values)",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "name": { "type": "string" },
+                                        "boundTo": { "type": "array", "items": { "type": "string" } },
+                                        "inBody": { "type": "boolean" },
+                                    },
+                                },
+                            },
                         },
                     },
                 },

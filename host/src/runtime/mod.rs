@@ -77,6 +77,9 @@ pub struct RuntimeConfig {
     pub max_component_bytes: u64,
     /// The operator's outbound HTTP policy (closed by default).
     pub http: Arc<http::HttpPolicy>,
+    /// The operator's secrets (none by default): placeholders for guests,
+    /// values only in requests to where they are bound.
+    pub secrets: Arc<http::Secrets>,
 }
 
 impl Default for RuntimeConfig {
@@ -90,6 +93,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             http: Arc::new(http::HttpPolicy::default()),
+            secrets: Arc::new(http::Secrets::default()),
         }
     }
 }
@@ -212,6 +216,15 @@ impl Runtime {
         &self.config
     }
 
+    /// The outbound HTTP policy and the secrets' names and bindings (never
+    /// their values), as `/health` shows them.
+    pub fn http_summary(&self) -> serde_json::Value {
+        let mut summary = serde_json::to_value(self.config.http.summary()).unwrap_or_default();
+        summary["secrets"] =
+            serde_json::to_value(self.config.secrets.summary()).unwrap_or_default();
+        summary
+    }
+
     /// Cache hit/miss counters.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
@@ -303,7 +316,7 @@ impl Runtime {
         let stdout = CapturedOutput::new(self.config.limits.max_stdio_bytes);
         let stderr = CapturedOutput::new(self.config.limits.max_stdio_bytes);
         let wasi = crate::sandbox::wasi::render_context(&stdout, &stderr);
-        let http = http::HttpState::closed(self.config.http.clone());
+        let http = http::HttpState::closed(self.config.http.clone(), self.config.secrets.clone());
         (self.new_store(wasi, None, http), (stdout, stderr))
     }
 
@@ -387,7 +400,8 @@ impl Runtime {
         let limits = &self.config.limits;
         let stdout = CapturedOutput::new(limits.max_stdio_bytes);
         let stderr = CapturedOutput::new(limits.max_stdio_bytes);
-        let wasi = crate::sandbox::wasi::task_context(&env.root_dir, &stdout, &stderr)
+        let guest_env = self.config.secrets.guest_env();
+        let wasi = crate::sandbox::wasi::task_context(&env.root_dir, &stdout, &stderr, &guest_env)
             .map_err(|e| GuestFault::new("INSTANTIATION_FAILED", e.to_string()))?;
         let events = env.events.clone();
         let attribution = (env.node_id.clone(), env.iteration, env.attempt);
@@ -397,6 +411,7 @@ impl Runtime {
         let budget = env.budget.clone();
         let http = http::HttpState::for_task(
             self.config.http.clone(),
+            self.config.secrets.clone(),
             http::TaskAttribution {
                 events: env.events.clone(),
                 run_id: env.run_id.clone(),
@@ -405,7 +420,7 @@ impl Runtime {
                 attempt: env.attempt,
             },
         );
-        let tools = tools::ToolContext::new(env, limits);
+        let tools = tools::ToolContext::new(env, limits, self.config.secrets.clone());
         let mut store = self.new_store(wasi, Some(tools), http);
         let result = with_deadline(Call::Task, timeout, &cancel, async {
             let instance = workflow.pre.instantiate_async(&mut store).await?;

@@ -24,6 +24,10 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, WasiBody};
 
 use super::policy::{HttpPolicy, Scheme, address_allowed};
+use super::secrets::Secrets;
+
+/// Largest request body the host reads whole to put a secret in it.
+const MAX_SUBSTITUTED_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Where a request goes, as its URL says.
 #[derive(Debug, Clone)]
@@ -104,11 +108,13 @@ impl From<Error> for SendError {
 
 /// Sends `request` to `target` if the policy allows it and returns the
 /// response with its whole body (at most `policy.max_response_bytes`).
-/// The caller bounds the time it may take.
+/// Secrets bound to `target` replace their placeholders in the request; no
+/// secret's value is left in the response. The caller bounds the time.
 pub(super) async fn send(
     policy: &HttpPolicy,
+    secrets: &Secrets,
     target: &Target,
-    mut request: Request<WasiBody>,
+    request: Request<WasiBody>,
 ) -> Result<Response<WasiBody>, SendError> {
     let pattern = policy
         .allows(&target.method, target.scheme, &target.host, target.port)
@@ -123,6 +129,7 @@ pub(super) async fn send(
         let first = resolved[0].ip();
         return Err(SendError::Denied(Denial::NonPublicAddress(first)));
     }
+    let mut request = with_secrets(secrets, target, request).await?;
     let stream = connect(&vetted).await?;
     let stream: Box<dyn Stream> = match target.scheme {
         Scheme::Http => Box::new(stream),
@@ -153,13 +160,74 @@ pub(super) async fn send(
         let _ = connection.await;
     }));
     let response = sender.send_request(request).await.map_err(Error::from)?;
-    let (parts, body) = response.into_parts();
-    let body = read_capped(body, &parts.headers, policy.max_response_bytes).await?;
+    let (mut parts, body) = response.into_parts();
+    let mut body = read_capped(body, &parts.headers, policy.max_response_bytes).await?;
     drop(driver);
+    redact(secrets, &mut parts.headers, &mut body);
     let body = Full::new(body)
         .map_err(|never: std::convert::Infallible| -> Error { match never {} })
         .boxed_unsync();
     Ok(Response::from_parts(parts, body))
+}
+
+/// Puts the values of the secrets bound to `target` in place of their
+/// placeholders: in header values, and in the body (read whole, bounded)
+/// for secrets allowed there.
+async fn with_secrets(
+    secrets: &Secrets,
+    target: &Target,
+    request: Request<WasiBody>,
+) -> Result<Request<WasiBody>, Error> {
+    if secrets.is_empty() {
+        return Ok(request);
+    }
+    let (mut parts, body) = request.into_parts();
+    for value in parts.headers.values_mut() {
+        if let Some(real) = secrets.substitute_headers(target, value.as_bytes()) {
+            *value = HeaderValue::from_bytes(&real).map_err(|_| {
+                Error::InternalError(Some("a secret's value is not a valid header value".into()))
+            })?;
+        }
+    }
+    if !secrets.body_bound_to(target) {
+        return Ok(Request::from_parts(parts, body));
+    }
+    let bytes = http_body_util::Limited::new(body, MAX_SUBSTITUTED_BODY_BYTES as usize)
+        .collect()
+        .await
+        .map_err(|_| Error::HttpRequestBodySize(None))?
+        .to_bytes();
+    let bytes = match secrets.substitute_body(target, &bytes) {
+        Some(real) => {
+            // The length changed; hyper sets it from the whole body.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(real)
+        }
+        None => bytes,
+    };
+    let body = Full::new(bytes)
+        .map_err(|never: std::convert::Infallible| -> Error { match never {} })
+        .boxed_unsync();
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Replaces every secret's value coming back by its placeholder.
+fn redact(secrets: &Secrets, headers: &mut http::HeaderMap, body: &mut Bytes) {
+    if secrets.is_empty() {
+        return;
+    }
+    for value in headers.values_mut() {
+        if let Some(redacted) = secrets.redact_bytes(value.as_bytes()) {
+            // A placeholder is ASCII, so a valid value stays valid; if it
+            // ever did not, the value is dropped rather than kept.
+            *value = HeaderValue::from_bytes(&redacted)
+                .unwrap_or_else(|_| HeaderValue::from_static("[redacted]"));
+        }
+    }
+    if let Some(redacted) = secrets.redact_bytes(body) {
+        *body = Bytes::from(redacted);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
 }
 
 /// Every address the URL's host stands for: the literal itself, or what the

@@ -15,6 +15,7 @@
 
 mod connect;
 pub mod policy;
+mod secrets;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,6 +29,7 @@ use wasmtime_wasi_http::{
 };
 
 pub use policy::{HttpPolicy, Pattern, PatternError, PolicySummary};
+pub use secrets::{SecretSpec, SecretSummary, Secrets};
 
 use crate::model::EventBody;
 use connect::{BoxFuture, Denial, SendError, Target};
@@ -53,19 +55,28 @@ pub(super) struct HttpState {
 
 impl HttpState {
     /// For a `describe`/`render` store: every request refused.
-    pub(super) fn closed(policy: Arc<HttpPolicy>) -> Self {
-        Self {
-            ctx: WasiHttpCtx::new(),
-            hooks: Hooks { policy, task: None },
-        }
-    }
-
-    /// For a task store: the policy applies, refusals are reported.
-    pub(super) fn for_task(policy: Arc<HttpPolicy>, task: TaskAttribution) -> Self {
+    pub(super) fn closed(policy: Arc<HttpPolicy>, secrets: Arc<Secrets>) -> Self {
         Self {
             ctx: WasiHttpCtx::new(),
             hooks: Hooks {
                 policy,
+                secrets,
+                task: None,
+            },
+        }
+    }
+
+    /// For a task store: the policy applies, refusals are reported.
+    pub(super) fn for_task(
+        policy: Arc<HttpPolicy>,
+        secrets: Arc<Secrets>,
+        task: TaskAttribution,
+    ) -> Self {
+        Self {
+            ctx: WasiHttpCtx::new(),
+            hooks: Hooks {
+                policy,
+                secrets,
                 task: Some(Arc::new(TaskSide {
                     attribution: task,
                     denials: AtomicU32::new(0),
@@ -125,6 +136,7 @@ impl TaskSide {
 /// The hooks wasmtime-wasi-http calls; the policy lives here.
 pub(super) struct Hooks {
     policy: Arc<HttpPolicy>,
+    secrets: Arc<Secrets>,
     task: Option<Arc<TaskSide>>,
 }
 
@@ -145,6 +157,7 @@ impl WasiHttpHooks for Hooks {
         _fut: BoxFuture<Result<(), Error>>,
     ) -> BoxFuture<Result<(http::Response<WasiBody>, BoxFuture<Result<(), Error>>), Error>> {
         let policy = self.policy.clone();
+        let secrets = self.secrets.clone();
         let task = self.task.clone();
         Box::new(async move {
             let target = Target::of(&request)?;
@@ -155,9 +168,8 @@ impl WasiHttpHooks for Hooks {
             // One deadline for the whole call, from resolving the name to the
             // last byte of the body (the guest's own request options can
             // only be shorter: it may stop waiting whenever it likes).
-            let sent =
-                tokio::time::timeout(policy.timeout, connect::send(&policy, &target, request))
-                    .await;
+            let send = connect::send(&policy, &secrets, &target, request);
+            let sent = tokio::time::timeout(policy.timeout, send).await;
             match sent {
                 Ok(Ok(response)) => Ok((response, connect::done())),
                 Ok(Err(SendError::Failed(e))) => Err(e),

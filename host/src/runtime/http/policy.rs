@@ -145,6 +145,16 @@ impl Pattern {
             .methods
             .as_ref()
             .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)));
+        method_ok && self.names_destination(scheme, host, port)
+    }
+
+    /// Whether the pattern names this scheme, host and port (its methods
+    /// aside): how a secret's binding is checked.
+    pub fn matches_target(&self, scheme: Scheme, host: &str, port: u16) -> bool {
+        RequestHost::parse(host).is_some_and(|host| self.names_destination(scheme, &host, port))
+    }
+
+    fn names_destination(&self, scheme: Scheme, host: &RequestHost, port: u16) -> bool {
         let host_ok = match (&self.host, host) {
             (HostPattern::Name(name), RequestHost::Name(host)) => name == host,
             (HostPattern::Subdomains(suffix), RequestHost::Name(host)) => host
@@ -154,7 +164,7 @@ impl Pattern {
             (HostPattern::Ip(ip), RequestHost::Ip(host)) => ip == host,
             _ => false,
         };
-        method_ok && host_ok && self.scheme == scheme && self.port == port
+        host_ok && self.scheme == scheme && self.port == port
     }
 
     /// True when the pattern names exactly this address: the one way a
