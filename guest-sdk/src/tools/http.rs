@@ -26,6 +26,11 @@
 //! the first, so a redirect to a host the operator did not allow fails with `HTTP_DENIED`.
 //! `Authorization` and `Cookie` headers are dropped when a redirect leaves the original
 //! origin. The `Host` header is always the URL's authority, whatever a request sets.
+//!
+//! Credentials come from the operator's secrets: put the placeholder [`secret`](super::secret)
+//! returns where the secret belongs (`.header("authorization", format!("Bearer {key}"))`);
+//! the host puts the real value in its place only in requests to where the secret is bound,
+//! and the task never sees the value, not even in a response that echoes it.
 
 use serde::de::DeserializeOwned;
 
