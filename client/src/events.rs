@@ -233,6 +233,19 @@ pub enum EventKind {
         /// `success` or `error`.
         status: String,
     },
+    /// The host refused an outbound HTTP request of a task.
+    HttpDenied {
+        /// Node id.
+        node_id: String,
+        /// Request method.
+        method: String,
+        /// The host the request's URL named.
+        host: String,
+        /// The URL's port.
+        port: u16,
+        /// `not-allowed` or `non-public-address`.
+        reason: String,
+    },
     /// A type this client does not know (its name); read [`Event::json`].
     #[serde(skip_deserializing)]
     Other(String),

@@ -1,5 +1,6 @@
 //! The only place that knows wit-bindgen: the generated bindings of `wit/workflow.wit` (the
-//! package's own copy, so the crate builds wherever it is unpacked), and
+//! package's own copy, so the crate builds wherever it is unpacked) and of `wasi:http`'s
+//! outgoing handler (for [`tools::http`](crate::tools::http)), and
 //! the three functions the [`workflow!`](crate::workflow) expansion delegates the world's
 //! exports to. They translate between the wire types and the SDK's own, and nothing more:
 //! every rule lives in the pure-Rust core.
@@ -14,6 +15,20 @@ pub mod bindings {
         world: "workflow",
         pub_export_macro: true,
         default_bindings_module: "smithers_sdk::__private::bindings",
+    });
+}
+
+/// Generated bindings of `wasi:http/outgoing-handler` (the SDK's `wit-http/`: its world and
+/// the WASI packages it needs, copied from the host's wasmtime-wasi-http; apart from the
+/// workflow world so that each WIT root holds one package). Only what a task calls ends up
+/// imported by the component.
+#[cfg(target_arch = "wasm32")]
+#[allow(clippy::too_many_arguments)] // the generated canonical-ABI adapters
+pub mod http_bindings {
+    wit_bindgen::generate!({
+        path: "wit-http",
+        world: "smithers:sdk/http-client",
+        generate_all,
     });
 }
 

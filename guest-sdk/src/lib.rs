@@ -58,8 +58,10 @@
 //!   payload.
 //! * Tasks reach the outside world through WASI (a filesystem holding only the project's root
 //!   directory, preopened at `/`; relative paths resolve from it; clocks; random; stdout and
-//!   stderr go to the run's log) and through [`tools`] (confined `bash`, `log`, `emit`).
-//!   There are no sockets and no environment.
+//!   stderr go to the run's log) and through [`tools`] (confined `bash`, `log`, `emit`,
+//!   HTTP through the host's policy with [`tools::http`], the placeholders of the operator's
+//!   secrets with [`tools::secret`]). There are no sockets and no environment but those
+//!   placeholders.
 //!
 //! # Typed input and outputs
 //!

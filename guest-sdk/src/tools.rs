@@ -1,9 +1,11 @@
 //! What the host does for a task: run a confined shell command, write a log line, stream a
-//! value to the run's listeners. Call these from task closures (not from the build function,
+//! value to the run's listeners, send an HTTP request ([`http`]). Call these from task closures (not from the build function,
 //! which must stay a pure function of its context).
 //!
 //! Outside the host (native tests), [`log`] writes to stderr, [`emit`] does nothing and
 //! [`bash`] fails with `TOOL_UNAVAILABLE`, so a task that uses them can still be tested.
+
+pub mod http;
 
 use std::fmt;
 
@@ -132,6 +134,20 @@ pub fn bash(command: &str) -> Result<BashOutput, ToolError> {
 /// but for `PATH`, `HOME`, `LANG` and `options.env`.
 pub fn bash_with(command: &str, options: BashOptions) -> Result<BashOutput, ToolError> {
     host::bash(command, options)
+}
+
+/// The placeholder of the operator's secret `name` (`--secret NAME`): an opaque string to
+/// put where the secret belongs in an HTTP request ([`http`]), e.g.
+/// `format!("Bearer {}", secret("API_KEY")?)`. The host replaces it by the real value only
+/// in requests to the destinations the secret is bound to, and replaces the value by the
+/// placeholder in what comes back: the task never sees the value. Fails with
+/// `SECRET_UNKNOWN` when the operator gave no such secret.
+pub fn secret(name: &str) -> Result<String, ToolError> {
+    // The host puts each placeholder in the task's WASI environment under its name.
+    std::env::var(name).map_err(|_| ToolError {
+        code: "SECRET_UNKNOWN".to_owned(),
+        message: format!("no secret {name:?} is given to this workflow (--secret {name})"),
+    })
 }
 
 /// Writes a line to the host log, attributed to the run and the node.

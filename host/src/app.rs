@@ -14,6 +14,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::runtime::build::{
     BuildError, BuildSettings, DEFAULT_BUILD_TIMEOUT, check_settings, host_sdk_dir,
 };
+use crate::runtime::http::{HttpPolicy, Secrets};
 use crate::runtime::{DEFAULT_MAX_COMPONENT_BYTES, GuestLimits, Runtime, RuntimeConfig};
 use crate::sandbox::SandboxPolicy;
 use crate::state_dir::{StateDir, StateDirError};
@@ -50,6 +51,10 @@ pub struct AppConfig {
     pub limits: GuestLimits,
     /// How much of the root dir listing the workflows may look at.
     pub scan: ScanLimits,
+    /// Outbound HTTP of workflows (closed by default).
+    pub http: Arc<HttpPolicy>,
+    /// Secrets for outbound HTTP (none by default).
+    pub secrets: Arc<Secrets>,
 }
 
 impl AppConfig {
@@ -70,6 +75,8 @@ impl AppConfig {
             max_component_mb: DEFAULT_MAX_COMPONENT_BYTES >> 20,
             limits: GuestLimits::default(),
             scan: ScanLimits::default(),
+            http: Arc::new(HttpPolicy::default()),
+            secrets: Arc::new(Secrets::default()),
         }
     }
 }
@@ -138,6 +145,8 @@ impl App {
             limits: config.limits.clone(),
             cache_dir: Some(state_dir.cache_dir()),
             max_component_bytes: config.max_component_mb.max(1) << 20,
+            http: config.http.clone(),
+            secrets: config.secrets.clone(),
             ..RuntimeConfig::default()
         })
         .map_err(|e| AppError::Runtime(format!("{e:#}")))?;

@@ -509,6 +509,30 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ErrorInfo>,
     },
+    /// The host refused an outbound HTTP request of a task (the task's call
+    /// failed with `HTTP_DENIED`; nothing was sent).
+    HttpDenied {
+        /// Node id.
+        node_id: String,
+        /// Loop iteration.
+        iteration: u32,
+        /// Attempt.
+        attempt: u32,
+        /// Request method.
+        method: String,
+        /// `http` or `https`.
+        scheme: String,
+        /// The host named by the request's URL.
+        host: String,
+        /// The URL's port (or the scheme's default).
+        port: u16,
+        /// `not-allowed` (no pattern allows it) or `non-public-address`
+        /// (the name resolves only to addresses no pattern names).
+        reason: String,
+        /// The refused address, for `non-public-address`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
 }
 
 impl EventBody {
@@ -539,6 +563,7 @@ impl EventBody {
             Self::NodeOutput { .. } => "NodeOutput",
             Self::ToolCallStarted { .. } => "ToolCallStarted",
             Self::ToolCallFinished { .. } => "ToolCallFinished",
+            Self::HttpDenied { .. } => "HttpDenied",
         }
     }
 

@@ -293,6 +293,17 @@ impl Board {
                     .map_or(String::new(), |ms| format!(" in {}", duration(ms)));
                 vec![line("tool", &label, format!("{tool_name} {outcome}{took}"))]
             }
+            EventKind::HttpDenied {
+                method,
+                host,
+                port,
+                reason,
+                ..
+            } => vec![line(
+                "http-denied",
+                &label,
+                format!("{method} {host}:{port} ({reason})"),
+            )],
             EventKind::RunStatusChanged { status } => vec![format!("run is {status}")],
             EventKind::RunFinished {} => vec![format!("run finished{}", self.total(at))],
             EventKind::RunFailed { error } => vec![format!(

@@ -9,6 +9,7 @@ mod limits;
 mod live;
 mod local;
 mod new;
+mod outbound;
 mod pretty;
 mod remote;
 mod scan;
@@ -208,11 +209,34 @@ pub struct HostArgs {
     pub limits: limits::LimitArgs,
     #[command(flatten)]
     pub scan: scan::ScanArgs,
+    /// The host's config file (TOML): its `[http]` table holds the outbound
+    /// HTTP policy (`allow`, `timeout`, `max_response_bytes`). With
+    /// `gateway`, the gateway's config file (which may hold `[http]` too).
+    #[arg(long, env = "SMITHERS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub http: outbound::HttpArgs,
 }
 
 impl HostArgs {
-    fn app_config(&self) -> AppConfig {
-        AppConfig {
+    /// `--config`, or in gateway mode also `SMITHERS_GATEWAY_CONFIG`.
+    fn config_file(&self, gateway: bool) -> Option<PathBuf> {
+        let from_env = || std::env::var_os("SMITHERS_GATEWAY_CONFIG").map(PathBuf::from);
+        self.config
+            .clone()
+            .or_else(|| gateway.then(from_env).flatten())
+    }
+
+    /// The configuration every command opens its host with; refuses bad
+    /// flags or a bad config file before anything is opened.
+    fn app_config(&self, gateway: bool) -> Result<AppConfig, String> {
+        let table = match &self.config_file(gateway) {
+            Some(path) => outbound::read_config(path, gateway)?,
+            None => outbound::HttpTable::default(),
+        };
+        let http = self.http.policy(table)?;
+        let secrets = self.http.secrets()?;
+        Ok(AppConfig {
             state_dir: self.state_dir.clone(),
             allow_network: self.allow_network,
             allow_missing_landlock: self.allow_missing_landlock,
@@ -225,8 +249,10 @@ impl HostArgs {
             max_component_mb: self.max_component_mb,
             limits: self.limits.guest_limits(),
             scan: self.scan.limits(),
+            http,
+            secrets,
             ..AppConfig::new(self.root_dir.clone())
-        }
+        })
     }
 }
 
@@ -290,6 +316,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
+    // The host configuration of a command, or its usage error (a bad
+    // pattern, secret or config file stops the command before it opens).
+    macro_rules! open {
+        ($host:expr, $gateway:expr) => {
+            match $host.app_config($gateway) {
+                Ok(config) => config,
+                Err(e) => return local::fail(e, EXIT_USAGE),
+            }
+        };
+    }
     let code = runtime.block_on(async move {
         if let Some(command) = &cli.command
             && let Err(code) = held::refuse_if_served(command)
@@ -299,21 +335,24 @@ pub fn main() -> ExitCode {
         match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(args).await,
-            Some(Command::Run(c)) => local::run(c.host.app_config(), c.args).await,
-            Some(Command::Resume(c)) => local::resume(c.host.app_config(), c.args).await,
-            Some(Command::Approve(c)) => local::decide(c.host.app_config(), c.args, true).await,
-            Some(Command::Deny(c)) => local::decide(c.host.app_config(), c.args, false).await,
-            Some(Command::Signal(c)) => local::signal(c.host.app_config(), c.args).await,
-            Some(Command::Cancel(c)) => local::cancel(c.host.app_config(), c.args).await,
-            Some(Command::Status(c)) => local::status(c.host.app_config(), c.args).await,
-            Some(Command::Runs(c)) => local::runs(c.host.app_config(), c.args).await,
-            Some(Command::Preflight(c)) => local::preflight(c.host.app_config(), c.args).await,
+            Some(Command::Run(c)) => local::run(open!(c.host, false), c.args).await,
+            Some(Command::Resume(c)) => local::resume(open!(c.host, false), c.args).await,
+            Some(Command::Approve(c)) => local::decide(open!(c.host, false), c.args, true).await,
+            Some(Command::Deny(c)) => local::decide(open!(c.host, false), c.args, false).await,
+            Some(Command::Signal(c)) => local::signal(open!(c.host, false), c.args).await,
+            Some(Command::Cancel(c)) => local::cancel(open!(c.host, false), c.args).await,
+            Some(Command::Status(c)) => local::status(open!(c.host, false), c.args).await,
+            Some(Command::Runs(c)) => local::runs(open!(c.host, false), c.args).await,
+            Some(Command::Preflight(c)) => local::preflight(open!(c.host, false), c.args).await,
             Some(Command::Client(args)) => remote::main(args).await,
-            Some(Command::Gateway(c)) => gateway(c.host.app_config(), c.args).await,
-            Some(Command::Up(c)) => {
-                up::up(c.host.app_config(), c.server.server_config(), c.up).await
+            Some(Command::Gateway(c)) => {
+                let file = c.host.config_file(true);
+                gateway(open!(c.host, true), file, c.args).await
             }
-            Some(Command::Gc(c)) => gc::gc(c.host.app_config(), c.args).await,
+            Some(Command::Up(c)) => {
+                up::up(open!(c.host, false), c.server.server_config(), c.up).await
+            }
+            Some(Command::Gc(c)) => gc::gc(open!(c.host, false), c.args).await,
             Some(Command::Completions(args)) => completions::completions(args),
             Some(Command::New(args)) => new::new(args).await,
         }
@@ -338,7 +377,10 @@ fn init_tracing(default_level: &str) {
 /// Server mode: refuses an unsafe bind before opening anything, then serves
 /// until SIGINT or SIGTERM.
 async fn serve(args: ServeArgs) -> u8 {
-    let config = args.host.app_config();
+    let config = match args.host.app_config(false) {
+        Ok(config) => config,
+        Err(e) => return local::fail(e, EXIT_USAGE),
+    };
     let server = args.server.server_config();
     if let Err(e) = server.validate() {
         return local::fail(e, EXIT_USAGE);
@@ -382,20 +424,24 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Options of `smithers-host gateway`.
+/// Options of `smithers-host gateway`: its configuration is
+/// `--config FILE` (or `SMITHERS_GATEWAY_CONFIG`), see examples/gateway.toml.
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// Gateway configuration (TOML; see examples/gateway.toml).
-    #[arg(long, env = "SMITHERS_GATEWAY_CONFIG")]
-    pub config: PathBuf,
     #[command(flatten)]
     retain: gc::RetainArgs,
 }
 
 /// Gateway mode: loads and checks the config before opening anything, then
 /// serves until SIGINT or SIGTERM.
-async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
-    let gateway_config = match crate::gateway::config::GatewayConfig::load(&args.config) {
+async fn gateway(config: AppConfig, file: Option<PathBuf>, args: GatewayArgs) -> u8 {
+    let Some(file) = file else {
+        return local::fail(
+            "gateway needs --config FILE (see examples/gateway.toml)",
+            EXIT_USAGE,
+        );
+    };
+    let gateway_config = match crate::gateway::config::GatewayConfig::load(&file) {
         Ok(config) => config,
         Err(e) => return local::fail(e, EXIT_USAGE),
     };
@@ -404,7 +450,7 @@ async fn gateway(config: AppConfig, args: GatewayArgs) -> u8 {
         Err(e) => return local::fail(e, EXIT_REFUSED),
     };
     args.retain.start(&app.engine);
-    match crate::gateway::serve(app, gateway_config, Some(args.config), shutdown_signal()).await {
+    match crate::gateway::serve(app, gateway_config, Some(file), shutdown_signal()).await {
         Ok(()) => EXIT_FINISHED,
         Err(e) => {
             eprintln!("smithers-host: {e}");

@@ -62,6 +62,10 @@ pub struct GatewayConfig {
     /// Registered workflows by key.
     #[serde(default)]
     pub workflows: BTreeMap<String, WorkflowConfig>,
+    /// The outbound HTTP policy of workflows (`[http]`), read and checked by
+    /// the host's command line with its flags; the gateway only accepts it.
+    #[serde(default)]
+    pub http: Option<toml::Table>,
 }
 
 fn default_heartbeat_ms() -> u64 {

@@ -352,6 +352,7 @@ impl Gateway {
             "identity": self.identity(),
             "workflowsLoaded": self.workflows.len(),
             "workflowsTotal": self.workflows.len(),
+            "http": self.engine.runtime().http_summary(),
         });
         if http {
             body["ok"] = json!(true);

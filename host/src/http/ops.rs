@@ -20,6 +20,7 @@ pub async fn health(State(state): State<ApiState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "activeRuns": state.engine.active_runs(),
         "sandbox": sandbox,
+        "http": state.engine.runtime().http_summary(),
     }))
 }
 

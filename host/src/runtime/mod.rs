@@ -1,8 +1,9 @@
 //! Executing workflow components with wasmtime.
 //!
 //! One [`Runtime`] owns the wasmtime `Engine` (configured once: async, epoch
-//! interruption, pooling allocator), the `Linker` (WASI without sockets plus
-//! our `tools`) and the compiled-component cache. Every `describe`, `render`
+//! interruption, pooling allocator), the `Linker` (WASI without sockets,
+//! `wasi:http`'s outgoing handler behind the operator's policy — see
+//! `http/` — plus our `tools`) and the compiled-component cache. Every `describe`, `render`
 //! and `run-task` call gets a fresh `Store` instantiated from a cached
 //! `InstancePre`, with a memory limit and its own WASI context: no state leaks
 //! between calls, and a guest that traps, loops or exhausts memory only fails
@@ -17,6 +18,7 @@ pub mod build;
 mod cache;
 mod deadline;
 mod errors;
+pub mod http;
 mod limits;
 pub mod schema;
 mod tools;
@@ -75,6 +77,11 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest component accepted (files and build output alike).
     pub max_component_bytes: u64,
+    /// The operator's outbound HTTP policy (closed by default).
+    pub http: Arc<http::HttpPolicy>,
+    /// The operator's secrets (none by default): placeholders for guests,
+    /// values only in requests to where they are bound.
+    pub secrets: Arc<http::Secrets>,
 }
 
 impl Default for RuntimeConfig {
@@ -87,6 +94,8 @@ impl Default for RuntimeConfig {
             memory_cache_entries: 64,
             max_instances: 1000,
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            http: Arc::new(http::HttpPolicy::default()),
+            secrets: Arc::new(http::Secrets::default()),
         }
     }
 }
@@ -143,6 +152,17 @@ pub struct HostState {
     table: ResourceTable,
     limiter: GuestLimiter,
     tools: Option<tools::ToolContext>,
+    http: http::HttpState,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http.hooks,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -177,6 +197,7 @@ impl Runtime {
         };
         let mut linker = Linker::<HostState>::new(&engine);
         add_wasi_without_sockets(&mut linker)?;
+        http::add_to_linker(&mut linker)?;
         bindings::Workflow::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let ticker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
@@ -197,6 +218,15 @@ impl Runtime {
     /// The runtime's configuration.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// The outbound HTTP policy and the secrets' names and bindings (never
+    /// their values), as `/health` shows them.
+    pub fn http_summary(&self) -> serde_json::Value {
+        let mut summary = serde_json::to_value(self.config.http.summary()).unwrap_or_default();
+        summary["secrets"] =
+            serde_json::to_value(self.config.secrets.summary()).unwrap_or_default();
+        summary
     }
 
     /// Cache hit/miss counters.
@@ -248,7 +278,8 @@ impl Runtime {
         let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
             LoadError::UnsatisfiedImport(clipped(format!(
                 "the component needs something this host does not provide \
-                 (workflows get WASI files, clocks and random numbers, and no sockets): {e:#}"
+                 (workflows get WASI files, clocks, random numbers and wasi:http's \
+                 outgoing handler, and no sockets): {e:#}"
             )))
         })?;
         let pre = bindings::WorkflowPre::new(instance_pre).map_err(|e| {
@@ -296,10 +327,16 @@ impl Runtime {
         let stdout = CapturedOutput::new(self.config.limits.max_stdio_bytes);
         let stderr = CapturedOutput::new(self.config.limits.max_stdio_bytes);
         let wasi = crate::sandbox::wasi::render_context(&stdout, &stderr);
-        (self.new_store(wasi, None), (stdout, stderr))
+        let http = http::HttpState::closed(self.config.http.clone(), self.config.secrets.clone());
+        (self.new_store(wasi, None, http), (stdout, stderr))
     }
 
-    fn new_store(&self, wasi: WasiCtx, tools: Option<tools::ToolContext>) -> Store<HostState> {
+    fn new_store(
+        &self,
+        wasi: WasiCtx,
+        tools: Option<tools::ToolContext>,
+        http: http::HttpState,
+    ) -> Store<HostState> {
         let mut store = Store::new(
             &self.engine,
             HostState {
@@ -307,6 +344,7 @@ impl Runtime {
                 table: ResourceTable::new(),
                 limiter: GuestLimiter::new(self.config.max_memory_bytes),
                 tools,
+                http,
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -373,7 +411,8 @@ impl Runtime {
         let limits = &self.config.limits;
         let stdout = CapturedOutput::new(limits.max_stdio_bytes);
         let stderr = CapturedOutput::new(limits.max_stdio_bytes);
-        let wasi = crate::sandbox::wasi::task_context(&env.root_dir, &stdout, &stderr)
+        let guest_env = self.config.secrets.guest_env();
+        let wasi = crate::sandbox::wasi::task_context(&env.root_dir, &stdout, &stderr, &guest_env)
             .map_err(|e| GuestFault::new("INSTANTIATION_FAILED", e.to_string()))?;
         let events = env.events.clone();
         let attribution = (env.node_id.clone(), env.iteration, env.attempt);
@@ -381,8 +420,19 @@ impl Runtime {
         let cancel = env.cancel.clone();
         let timeout = env.timeout;
         let budget = env.budget.clone();
-        let tools = tools::ToolContext::new(env, limits);
-        let mut store = self.new_store(wasi, Some(tools));
+        let http = http::HttpState::for_task(
+            self.config.http.clone(),
+            self.config.secrets.clone(),
+            http::TaskAttribution {
+                events: env.events.clone(),
+                run_id: env.run_id.clone(),
+                node_id: env.node_id.clone(),
+                iteration: env.iteration,
+                attempt: env.attempt,
+            },
+        );
+        let tools = tools::ToolContext::new(env, limits, self.config.secrets.clone());
+        let mut store = self.new_store(wasi, Some(tools), http);
         let result = with_deadline(Call::Task, timeout, &cancel, async {
             let instance = workflow.pre.instantiate_async(&mut store).await?;
             instance.call_run_task(&mut store, ctx).await

@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::bindings::tools::{BashOptions, BashResult, Host, LogLevel, ToolError};
+use super::http::Secrets;
 use super::limits::{self, GuestLimits, LimitExceeded, OutputBudget};
 use super::{HostState, TaskEnv};
 use crate::model::{ErrorInfo, EventBody};
@@ -35,10 +36,12 @@ pub(super) struct ToolContext {
     budget: Arc<OutputBudget>,
     max_emit_bytes: usize,
     max_log_bytes: usize,
+    /// Redacts secret values out of what a tool returns.
+    secrets: Arc<Secrets>,
 }
 
 impl ToolContext {
-    pub(super) fn new(env: TaskEnv, limits: &GuestLimits) -> Self {
+    pub(super) fn new(env: TaskEnv, limits: &GuestLimits, secrets: Arc<Secrets>) -> Self {
         Self {
             sandbox: env.sandbox,
             events: env.events,
@@ -51,6 +54,7 @@ impl ToolContext {
             budget: env.budget,
             max_emit_bytes: limits.max_emit_bytes,
             max_log_bytes: limits.max_log_bytes,
+            secrets,
         }
     }
 
@@ -137,11 +141,15 @@ impl Host for HostState {
             truncated,
             error,
         });
+        // The shell never gets a secret's value (its environment is empty
+        // but for what the guest passes, which holds placeholders at most);
+        // redacting its output is the second wall.
+        let secrets = &tools.secrets;
         match result {
             Ok(outcome) => Ok(BashResult {
                 exit_code: outcome.exit_code,
-                stdout: outcome.stdout,
-                stderr: outcome.stderr,
+                stdout: secrets.redact(outcome.stdout),
+                stderr: secrets.redact(outcome.stderr),
                 truncated: outcome.truncated,
                 duration_ms: outcome.duration_ms,
             }),

@@ -94,13 +94,16 @@ impl tokio::io::AsyncWrite for CapturedOutput {
 }
 
 /// WASI for a `run-task` instance: the root dir at `/`, captured output,
-/// nothing else.
+/// and `env` — only what the host chose (the operator's secrets as
+/// placeholders), never the host's own environment.
 pub fn task_context(
     root_dir: &Path,
     stdout: &CapturedOutput,
     stderr: &CapturedOutput,
+    env: &[(String, String)],
 ) -> std::io::Result<WasiCtx> {
     let mut builder = WasiCtxBuilder::new();
+    builder.envs(env);
     builder
         .stdout(stdout.clone())
         .stderr(stderr.clone())

@@ -38,6 +38,30 @@ pub(super) fn components() -> Value {
                     "version": { "type": "string" },
                     "activeRuns": int,
                     "sandbox": { "type": ["object", "null"] },
+                    "http": {
+                        "type": "object",
+                        "description": "the outbound HTTP policy of workflows (closed unless enabled)",
+                        "required": ["enabled", "allow", "timeoutMs", "maxResponseBytes"],
+                        "properties": {
+                            "enabled": { "type": "boolean" },
+                            "allow": { "type": "array", "items": { "type": "string" } },
+                            "timeoutMs": int,
+                            "maxResponseBytes": int,
+                            "privateAddressesNeedIpPattern": { "type": "boolean" },
+                            "secrets": {
+                                "type": "array",
+                                "description": "names and bindings of the operator's secrets (never their values)",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "name": { "type": "string" },
+                                        "boundTo": { "type": "array", "items": { "type": "string" } },
+                                        "inBody": { "type": "boolean" },
+                                    },
+                                },
+                            },
+                        },
+                    },
                 },
             },
             "RunRef": {
