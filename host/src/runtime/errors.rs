@@ -92,6 +92,25 @@ pub(crate) fn clipped(text: String) -> String {
     clean
 }
 
+/// At most `max_chars` characters of `text` (then `…`), control characters
+/// escaped: for quoting what a client or a guest wrote (a path, a JSON
+/// pointer) inside a message, keeping its characters readable.
+pub(crate) fn escaped_prefix(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Classifies a trap or host error raised during a call. Messages name the
 /// trap and the innermost guest functions, never a full backtrace.
 pub(super) fn fault_of(error: &wasmtime::Error, store: &Store<HostState>) -> GuestFault {

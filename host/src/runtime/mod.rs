@@ -38,6 +38,7 @@ pub use bindings::types::{
     RenderContext, TaskContext, TaskError, TaskOptions, WorkflowInfo,
 };
 pub use cache::{CacheStats, LoadSource};
+pub(crate) use errors::escaped_prefix;
 pub use errors::{GuestFault, LoadError};
 pub use limits::{GuestLimits, LimitExceeded, OUTPUT_LIMIT_EXCEEDED, OutputBudget};
 pub use schema::{InputSchema, InputViolation};

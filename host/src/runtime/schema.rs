@@ -15,6 +15,8 @@
 use jsonschema::{PatternOptions, Validator};
 use serde_json::Value;
 
+use super::escaped_prefix;
+
 /// Largest input schema a workflow may describe.
 pub const MAX_INPUT_SCHEMA_BYTES: usize = 256 * 1024;
 /// Compiled size bound of one `pattern` regex.
@@ -104,19 +106,7 @@ impl InputSchema {
 /// At most [`MAX_VIOLATION_CHARS`] characters of `text`, control
 /// characters escaped (both can come from the input's keys or the schema).
 fn cut(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX_VIOLATION_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    escaped_prefix(text, MAX_VIOLATION_CHARS)
 }
 
 #[cfg(test)]

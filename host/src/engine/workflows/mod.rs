@@ -25,7 +25,7 @@ pub use scan::ScanLimits;
 
 use super::{Engine, EngineError, EngineInner};
 use crate::runtime::build::GuestBuilder;
-use crate::runtime::{LoadError, Loaded, Workflow};
+use crate::runtime::{LoadError, Loaded, Workflow, escaped_prefix};
 use crate::sandbox::paths::{self, PathError, ReadError};
 
 /// Crates whose last build is remembered.
@@ -197,19 +197,7 @@ impl EngineError {
 /// At most [`MAX_QUOTED_PATH_CHARS`] characters of a path a client sent,
 /// control characters escaped.
 fn bounded_path(path: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in path.chars().enumerate() {
-        if i == MAX_QUOTED_PATH_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    escaped_prefix(path, MAX_QUOTED_PATH_CHARS)
 }
 
 fn problem(error: &EngineError) -> WorkflowProblem {
