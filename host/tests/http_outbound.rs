@@ -553,4 +553,23 @@ fn a_bad_pattern_or_config_stops_the_host_before_it_starts() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("invalid HTTP allow pattern"), "{stderr}");
     }
+
+    // A policy a workflow could have written (a file in the root dir, or a
+    // symlink to one) is refused, valid as it is.
+    std::fs::write(root.join("smithers.toml"), "[http]\nallow = [\"*\"]\n").unwrap();
+    std::os::unix::fs::symlink(root.join("smithers.toml"), dir.path().join("link.toml")).unwrap();
+    for config in [root.join("smithers.toml"), dir.path().join("link.toml")] {
+        let output = std::process::Command::new(common::host_binary())
+            .args(["runs", "--root-dir"])
+            .arg(&root)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{config:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("inside the root dir"), "{stderr}");
+    }
 }

@@ -231,7 +231,7 @@ impl HostArgs {
     /// flags or a bad config file before anything is opened.
     fn app_config(&self, gateway: bool) -> Result<AppConfig, String> {
         let table = match &self.config_file(gateway) {
-            Some(path) => outbound::read_config(path, gateway)?,
+            Some(path) => outbound::read_config(path, gateway, &self.root_dir)?,
             None => outbound::HttpTable::default(),
         };
         let http = self.http.policy(table)?;

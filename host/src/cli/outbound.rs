@@ -51,7 +51,7 @@ pub struct HttpArgs {
 }
 
 /// The `[http]` table of the config file (absent: empty).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HttpTable {
     #[serde(default)]
@@ -62,8 +62,14 @@ pub(super) struct HttpTable {
 
 /// Reads the config file's `[http]` table. `other_tables` says whether the
 /// file may hold other top-level keys (the gateway's file does); otherwise
-/// any other key is a mistake worth stopping for.
-pub(super) fn read_config(path: &Path, other_tables: bool) -> Result<HttpTable, String> {
+/// any other key is a mistake worth stopping for. A policy in a file inside
+/// `root_dir` is refused: workflows can write there, and would choose their
+/// own destinations at the host's next start.
+pub(super) fn read_config(
+    path: &Path,
+    other_tables: bool,
+    root_dir: &Path,
+) -> Result<HttpTable, String> {
     let shown = path.display();
     let size = std::fs::metadata(path)
         .map_err(|e| format!("cannot read the config file {shown}: {e}"))?
@@ -73,7 +79,23 @@ pub(super) fn read_config(path: &Path, other_tables: bool) -> Result<HttpTable, 
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the config file {shown}: {e}"))?;
-    parse_config(&text, other_tables).map_err(|e| format!("{shown}: {e}"))
+    let table = parse_config(&text, other_tables).map_err(|e| format!("{shown}: {e}"))?;
+    if table != HttpTable::default() && inside(path, root_dir) {
+        return Err(format!(
+            "the config file {shown} is inside the root dir {}, which workflows can write: \
+             its [http] policy would be theirs; keep the file outside the project",
+            root_dir.display()
+        ));
+    }
+    Ok(table)
+}
+
+/// Whether `path` resolves to somewhere under `root_dir` (symlinks followed).
+fn inside(path: &Path, root_dir: &Path) -> bool {
+    match (std::fs::canonicalize(path), std::fs::canonicalize(root_dir)) {
+        (Ok(path), Ok(root)) => path.starts_with(root),
+        _ => false,
+    }
 }
 
 fn parse_config(text: &str, other_tables: bool) -> Result<HttpTable, String> {
