@@ -246,6 +246,16 @@ pub enum EventKind {
         /// `not-allowed` or `non-public-address`.
         reason: String,
     },
+    /// A re-executed task's outbound HTTP calls stopped matching its
+    /// journal; calls go out from `callSeq` on.
+    HttpReplayDiverged {
+        /// Node id.
+        node_id: String,
+        /// Seq (from 0) of the first call that differed.
+        call_seq: u32,
+        /// Calls answered from the journal before it.
+        replayed: u32,
+    },
     /// A type this client does not know (its name); read [`Event::json`].
     #[serde(skip_deserializing)]
     Other(String),

@@ -533,6 +533,21 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         address: Option<String>,
     },
+    /// A re-executed task asked for a different outbound HTTP call than its
+    /// interrupted attempt had journaled: replay stopped, and that call and
+    /// every later one go out (the journal from there on is forgotten).
+    HttpReplayDiverged {
+        /// Node id.
+        node_id: String,
+        /// Loop iteration.
+        iteration: u32,
+        /// Attempt.
+        attempt: u32,
+        /// Seq (from 0) of the first call that differed.
+        call_seq: u32,
+        /// Calls answered from the journal before it.
+        replayed: u32,
+    },
 }
 
 impl EventBody {
@@ -564,6 +579,7 @@ impl EventBody {
             Self::ToolCallStarted { .. } => "ToolCallStarted",
             Self::ToolCallFinished { .. } => "ToolCallFinished",
             Self::HttpDenied { .. } => "HttpDenied",
+            Self::HttpReplayDiverged { .. } => "HttpReplayDiverged",
         }
     }
 

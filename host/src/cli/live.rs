@@ -304,6 +304,13 @@ impl Board {
                 &label,
                 format!("{method} {host}:{port} ({reason})"),
             )],
+            EventKind::HttpReplayDiverged {
+                call_seq, replayed, ..
+            } => vec![line(
+                "http-replay",
+                &label,
+                format!("diverged at call {call_seq} after {replayed} replayed"),
+            )],
             EventKind::RunStatusChanged { status } => vec![format!("run is {status}")],
             EventKind::RunFinished {} => vec![format!("run finished{}", self.total(at))],
             EventKind::RunFailed { error } => vec![format!(

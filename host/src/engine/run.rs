@@ -14,6 +14,7 @@
 mod attempts;
 mod budget;
 mod changes;
+mod journal;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

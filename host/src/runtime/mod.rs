@@ -40,6 +40,7 @@ pub use bindings::types::{
 pub use cache::{CacheStats, LoadSource};
 pub(crate) use errors::escaped_prefix;
 pub use errors::{GuestFault, LoadError};
+pub use http::{CallJournal, JournalFuture, RecordedCall};
 pub use limits::{GuestLimits, LimitExceeded, OUTPUT_LIMIT_EXCEEDED, OutputBudget};
 pub use schema::{InputSchema, InputViolation};
 
@@ -145,6 +146,8 @@ pub struct TaskEnv {
     pub attempt: u32,
     /// Run id (for tool call ids and logs).
     pub run_id: String,
+    /// Where the attempt's outbound HTTP calls are journaled for replay.
+    pub journal: Arc<dyn CallJournal>,
 }
 
 /// Per-store host state.
@@ -430,6 +433,7 @@ impl Runtime {
                 node_id: env.node_id.clone(),
                 iteration: env.iteration,
                 attempt: env.attempt,
+                journal: env.journal.clone(),
             },
         );
         let tools = tools::ToolContext::new(env, limits, self.config.secrets.clone());

@@ -12,6 +12,7 @@
 
 mod checkpointer;
 mod hub;
+mod journal;
 mod outputs;
 mod read;
 mod retention;
@@ -28,6 +29,7 @@ use tokio::sync::oneshot;
 use crate::model::{AttemptState, ErrorInfo, EventBody, NodeKey, NodeState, RunId, RunStatus};
 
 pub use hub::{EventHub, StoredEvent, Subscription};
+pub use journal::HttpCall;
 pub use outputs::{AttemptRow, Bounded, Bounds, IterationRow, OutputRow};
 pub use read::{ApprovalRow, CronRow, FrameRow, NodeRow, Reader, RunRow, RunSnapshot, SignalRow};
 pub use retention::{
@@ -164,7 +166,8 @@ pub enum Op {
     },
     /// Inserts or updates a node row.
     UpsertNode(NodeUpdate),
-    /// Inserts an attempt in `in-progress`.
+    /// Inserts an attempt in `in-progress`; empties the node's HTTP journal
+    /// unless the attempt before it was interrupted.
     StartAttempt {
         /// Node and iteration.
         key: NodeKey,
@@ -183,6 +186,21 @@ pub enum Op {
         state: AttemptState,
         /// Why it failed.
         error: Option<ErrorInfo>,
+    },
+    /// Journals a completed outbound HTTP call of a task (see `journal`).
+    RecordHttpCall {
+        /// Node and iteration.
+        key: NodeKey,
+        /// The call.
+        call: HttpCall,
+    },
+    /// Forgets a node's journaled HTTP calls from `from_seq` on: replay
+    /// diverged there.
+    DropHttpCalls {
+        /// Node and iteration.
+        key: NodeKey,
+        /// First seq forgotten.
+        from_seq: u32,
     },
     /// Marks every in-progress attempt of the run `cancelled` and resets its
     /// node to `pending`: the attempts a crash interrupted will be retried.

@@ -575,8 +575,8 @@ impl Reader<'_> {
         Ok(rows)
     }
 
-    /// Bytes a run has stored: its events, its nodes' outputs and the frame
-    /// trees its frames name. What the engine counts against a run's
+    /// Bytes a run has stored: its events, its nodes' outputs, the frame
+    /// trees its frames name and its journaled HTTP calls. What the engine counts against a run's
     /// stored-bytes limit when it resumes the run.
     pub fn stored_bytes(&self, run_id: &RunId) -> Result<u64, StoreError> {
         let bytes: i64 = self
@@ -591,7 +591,10 @@ impl Reader<'_> {
                                       + LENGTH(CAST(task_index_json AS BLOB))), 0)
                       FROM frame_trees WHERE tree_hash IN (
                         SELECT json_extract(payload_json, '$.xmlHash') FROM events
-                         WHERE run_id = ?1 AND type = 'FrameCommitted'))",
+                         WHERE run_id = ?1 AND type = 'FrameCommitted'))
+                 + (SELECT COALESCE(SUM(LENGTH(request_digest) + LENGTH(CAST(headers_json AS BLOB))
+                                      + LENGTH(body)), 0)
+                      FROM http_calls WHERE run_id = ?1)",
             )?
             .query_row([run_id.as_str()], |row| row.get(0))?;
         Ok(u64::try_from(bytes).unwrap_or(0))

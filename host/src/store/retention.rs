@@ -79,6 +79,8 @@ pub struct Removed {
     pub loops: u64,
     /// Component versions the runs used.
     pub versions: u64,
+    /// Journaled outbound HTTP calls.
+    pub http_calls: u64,
 }
 
 impl std::ops::AddAssign for Removed {
@@ -93,6 +95,7 @@ impl std::ops::AddAssign for Removed {
         self.signals += other.signals;
         self.loops += other.loops;
         self.versions += other.versions;
+        self.http_calls += other.http_calls;
     }
 }
 
@@ -234,6 +237,7 @@ pub(super) fn collect_step(
         ("approvals", "node_id, iteration", &mut removed.approvals),
         ("loops", "loop_id", &mut removed.loops),
         ("run_versions", "hash", &mut removed.versions),
+        ("http_calls", "call_pk", &mut removed.http_calls),
     ] {
         let limit = budget.left;
         let deleted = tx
@@ -453,6 +457,7 @@ impl Reader<'_> {
             signals: count("SELECT COUNT(*) FROM signals WHERE run_id = ?1")?,
             loops: count("SELECT COUNT(*) FROM loops WHERE run_id = ?1")?,
             versions: count("SELECT COUNT(*) FROM run_versions WHERE run_id = ?1")?,
+            http_calls: count("SELECT COUNT(*) FROM http_calls WHERE run_id = ?1")?,
         })
     }
 

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "frame_tree_index",
         include_str!("migrations/V4__frame_tree_index.sql"),
     ),
+    ("http_calls", include_str!("migrations/V5__http_calls.sql")),
 ];
 
 /// Opens the read-write connection and brings the schema up to date.

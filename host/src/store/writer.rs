@@ -16,7 +16,7 @@ use std::sync::mpsc::Receiver;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::hub::{EventHub, StoredEvent};
-use super::{Commit, CommitOutcome, NodeUpdate, Op, StoreError, WriteRequest, retention};
+use super::{Commit, CommitOutcome, NodeUpdate, Op, StoreError, WriteRequest, journal, retention};
 use crate::model::{
     ApprovalStatus, AttemptState, ErrorInfo, Event, EventBody, NodeKey, NodeState, RunId,
     RunStatus, now_ms,
@@ -433,7 +433,10 @@ fn apply_op(
                  VALUES (?1, ?2, ?3, ?4, 'in-progress', ?5, ?6)",
             )?
             .execute(params![run, key.node_id, key.iteration, attempt, now, meta_json])?;
+            journal::on_attempt_start(tx, run, key, *attempt)?;
         }
+        Op::RecordHttpCall { key, call } => journal::record(tx, run, key, call, now)?,
+        Op::DropHttpCalls { key, from_seq } => journal::drop_from(tx, run, key, *from_seq)?,
         Op::EndAttempt {
             key,
             attempt,

@@ -85,6 +85,14 @@ impl Driver {
             iteration: start.key.iteration,
             attempt: start.attempt,
             run_id: self.run_id.to_string(),
+            journal: std::sync::Arc::new(super::journal::StoreJournal {
+                store: self.engine.store.clone(),
+                run_id: self.run_id.clone(),
+                owner_id: self.engine.owner_id.clone(),
+                key: start.key.clone(),
+                attempt: start.attempt,
+                budget: self.budget.clone(),
+            }),
         };
         let ctx = TaskContext {
             render: self.state.render_context().clone(),

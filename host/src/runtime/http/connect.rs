@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::{PathAndQuery, Scheme as UriScheme};
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -26,8 +26,8 @@ use wasmtime_wasi_http::{Error, WasiBody};
 use super::policy::{HttpPolicy, Scheme, address_allowed};
 use super::secrets::Secrets;
 
-/// Largest request body the host reads whole to put a secret in it.
-const MAX_SUBSTITUTED_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Largest request body a guest may send (the host reads it whole).
+pub(super) const MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Where a request goes, as its URL says.
 #[derive(Debug, Clone)]
@@ -106,16 +106,18 @@ impl From<Error> for SendError {
     }
 }
 
-/// Sends `request` to `target` if the policy allows it and returns the
-/// response with its whole body (at most `policy.max_response_bytes`).
-/// Secrets bound to `target` replace their placeholders in the request; no
-/// secret's value is left in the response. The caller bounds the time.
+/// Sends the request (`parts` and its whole `body`) to `target` if the
+/// policy allows it, and returns the response with its whole body (at most
+/// `policy.max_response_bytes`). Secrets bound to `target` replace their
+/// placeholders in the request; no secret's value is left in the response.
+/// The caller bounds the time.
 pub(super) async fn send(
     policy: &HttpPolicy,
     secrets: &Secrets,
     target: &Target,
-    request: Request<WasiBody>,
-) -> Result<Response<WasiBody>, SendError> {
+    parts: http::request::Parts,
+    body: Bytes,
+) -> Result<(http::response::Parts, Bytes), SendError> {
     let pattern = policy
         .allows(&target.method, target.scheme, &target.host, target.port)
         .ok_or(SendError::Denied(Denial::NotAllowed))?;
@@ -129,7 +131,7 @@ pub(super) async fn send(
         let first = resolved[0].ip();
         return Err(SendError::Denied(Denial::NonPublicAddress(first)));
     }
-    let mut request = with_secrets(secrets, target, request).await?;
+    let mut request = with_secrets(secrets, target, parts, body)?;
     let stream = connect(&vetted).await?;
     let stream: Box<dyn Stream> = match target.scheme {
         Scheme::Http => Box::new(stream),
@@ -164,24 +166,37 @@ pub(super) async fn send(
     let mut body = read_capped(body, &parts.headers, policy.max_response_bytes).await?;
     drop(driver);
     redact(secrets, &mut parts.headers, &mut body);
-    let body = Full::new(body)
+    Ok((parts, body))
+}
+
+/// Reads the body a guest wrote for its request, whole: the host digests it
+/// for the replay journal and may put a secret in it.
+pub(super) async fn read_request_body(body: WasiBody) -> Result<Bytes, Error> {
+    Ok(
+        http_body_util::Limited::new(body, MAX_REQUEST_BODY_BYTES as usize)
+            .collect()
+            .await
+            .map_err(|_| Error::HttpRequestBodySize(Some(MAX_REQUEST_BODY_BYTES)))?
+            .to_bytes(),
+    )
+}
+
+/// A body the guest reads: bytes the host already holds.
+pub(super) fn whole_body(bytes: Bytes) -> WasiBody {
+    Full::new(bytes)
         .map_err(|never: std::convert::Infallible| -> Error { match never {} })
-        .boxed_unsync();
-    Ok(Response::from_parts(parts, body))
+        .boxed_unsync()
 }
 
 /// Puts the values of the secrets bound to `target` in place of their
-/// placeholders: in header values, and in the body (read whole, bounded)
-/// for secrets allowed there.
-async fn with_secrets(
+/// placeholders: in header values, and in the body for secrets allowed
+/// there.
+fn with_secrets(
     secrets: &Secrets,
     target: &Target,
-    request: Request<WasiBody>,
-) -> Result<Request<WasiBody>, Error> {
-    if secrets.is_empty() {
-        return Ok(request);
-    }
-    let (mut parts, body) = request.into_parts();
+    mut parts: http::request::Parts,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Error> {
     for value in parts.headers.values_mut() {
         if let Some(real) = secrets.substitute_headers(target, value.as_bytes()) {
             *value = HeaderValue::from_bytes(&real).map_err(|_| {
@@ -189,26 +204,15 @@ async fn with_secrets(
             })?;
         }
     }
-    if !secrets.body_bound_to(target) {
-        return Ok(Request::from_parts(parts, body));
+    let mut body = body;
+    if secrets.body_bound_to(target)
+        && let Some(real) = secrets.substitute_body(target, &body)
+    {
+        // The length changed; hyper sets it from the whole body.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        body = Bytes::from(real);
     }
-    let bytes = http_body_util::Limited::new(body, MAX_SUBSTITUTED_BODY_BYTES as usize)
-        .collect()
-        .await
-        .map_err(|_| Error::HttpRequestBodySize(None))?
-        .to_bytes();
-    let bytes = match secrets.substitute_body(target, &bytes) {
-        Some(real) => {
-            // The length changed; hyper sets it from the whole body.
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Bytes::from(real)
-        }
-        None => bytes,
-    };
-    let body = Full::new(bytes)
-        .map_err(|never: std::convert::Infallible| -> Error { match never {} })
-        .boxed_unsync();
-    Ok(Request::from_parts(parts, body))
+    Ok(Request::from_parts(parts, Full::new(body)))
 }
 
 /// Replaces every secret's value coming back by its placeholder.

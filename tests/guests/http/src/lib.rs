@@ -7,6 +7,13 @@
 //! "maxRedirects"?: n}`. Output: `{"status", "headers": {name: value}, "body": text, "url"}`.
 //! A tool error (`HTTP_DENIED`, `HTTP_RESPONSE_TOO_LARGE`, ...) fails the task with its code.
 //! `${secret:NAME}` in a header value or the body stands for the secret's placeholder.
+//!
+//! With `"sequence": {"url", "count", "tagFile"?, "failOn"?}` instead, it sends `count` GETs
+//! one after the other, `{url}?i={i}&tag={tag}` (call i's tag is the i-th of the
+//! comma-separated tags in `tagFile` in the root dir, read before each call, or its last;
+//! `a` without one), and outputs `{"bodies": [...], "micros": [...]}` (each call's duration
+//! as the guest saw it, for the benchmark); a body equal to
+//! `failOn` fails the attempt (retryable). `"retries": n` gives the task n retries.
 
 use smithers_sdk::serde_json::{Map, Value, json};
 use smithers_sdk::tools::http;
@@ -63,8 +70,46 @@ fn fetch(input: &Value) -> Result<Value, TaskError> {
     Ok(output)
 }
 
-fn build(_ctx: &Ctx) -> Node {
-    task("fetch", |t| fetch(&t.input::<Value>()?))
+fn sequence(spec: &Value) -> Result<Value, TaskError> {
+    let url = spec["url"]
+        .as_str()
+        .ok_or_else(|| TaskError::new("sequence.url is required"))?;
+    let mut bodies = Vec::new();
+    let mut micros = Vec::new();
+    for i in 0..spec["count"].as_u64().unwrap_or(1) {
+        let tag = match spec["tagFile"].as_str() {
+            Some(file) => {
+                let tags = std::fs::read_to_string(format!("/{file}"))
+                    .map_err(|e| TaskError::new(format!("reading {file}: {e}")))?;
+                let tags: Vec<&str> = tags.trim().split(',').collect();
+                tags[(i as usize).min(tags.len() - 1)].to_string()
+            }
+            None => "a".to_string(),
+        };
+        let started = std::time::Instant::now();
+        let body = http::get(&format!("{url}?i={i}&tag={tag}"))?.text();
+        micros.push(started.elapsed().as_micros() as u64);
+        if spec["failOn"].as_str() == Some(body.as_str()) {
+            return Err(TaskError::new(format!("call {i} answered {body}")));
+        }
+        bodies.push(body);
+    }
+    Ok(json!({ "bodies": bodies, "micros": micros }))
+}
+
+fn build(ctx: &Ctx) -> Node {
+    let input = ctx.input::<Value>().unwrap_or_default();
+    let node = task("fetch", |t| {
+        let input = t.input::<Value>()?;
+        match input.get("sequence") {
+            Some(spec) => sequence(spec),
+            None => fetch(&input),
+        }
+    });
+    match input["retries"].as_u64() {
+        Some(n) => node.retries(n as u32),
+        None => node,
+    }
 }
 
 smithers_sdk::workflow!(name: "http", build: build);
