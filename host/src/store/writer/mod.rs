@@ -15,12 +15,13 @@ use std::sync::mpsc::Receiver;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+mod decisions;
+mod gateway;
+
 use super::hub::{EventHub, StoredEvent};
 use super::{Commit, CommitOutcome, NodeUpdate, Op, StoreError, WriteRequest, journal, retention};
-use crate::model::{
-    ApprovalStatus, AttemptState, ErrorInfo, Event, EventBody, NodeKey, NodeState, RunId,
-    RunStatus, now_ms,
-};
+use crate::model::{ErrorInfo, Event, EventBody, RunId, RunStatus, now_ms};
+use decisions::{cancel_run, decide_approval};
 
 /// Most commits folded into one transaction.
 const MAX_GROUP: usize = 64;
@@ -560,247 +561,16 @@ fn apply_op(
                 params![owner_id, now],
             )?;
         }
-        Op::UpsertCron {
-            cron_id,
-            workflow_key,
-            pattern,
-            enabled,
-            next_run_at_ms,
-        } => {
-            tx.execute(
-                "INSERT INTO gateway_crons (cron_id, workflow_key, pattern, enabled, created_at_ms, next_run_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (cron_id) DO UPDATE SET
-                    workflow_key = excluded.workflow_key,
-                    enabled = excluded.enabled,
-                    next_run_at_ms = CASE WHEN gateway_crons.pattern = excluded.pattern
-                        THEN gateway_crons.next_run_at_ms ELSE excluded.next_run_at_ms END,
-                    pattern = excluded.pattern",
-                params![cron_id, workflow_key, pattern, enabled, now, next_run_at_ms],
-            )?;
-        }
-        Op::DeleteCron { cron_id } => {
-            let deleted = tx.execute("DELETE FROM gateway_crons WHERE cron_id = ?1", [cron_id])?;
-            if deleted == 0 {
-                return Err(StoreError::NotFound(format!(
-                    "cron {cron_id} does not exist"
-                )));
-            }
-        }
-        Op::ClaimCronTick {
-            cron_id,
-            expected_next_run_at_ms,
-            next_run_at_ms,
-        } => {
-            let claimed = tx.execute(
-                "UPDATE gateway_crons SET next_run_at_ms = ?3, last_run_at_ms = ?4, error_json = NULL
-                 WHERE cron_id = ?1 AND enabled = 1 AND next_run_at_ms = ?2",
-                params![cron_id, expected_next_run_at_ms, next_run_at_ms, now],
-            )?;
-            if claimed == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "tick {expected_next_run_at_ms} of cron {cron_id} is already claimed"
-                )));
-            }
-        }
-        Op::RecordCronRun {
-            cron_id,
-            error_json,
-        } => {
-            let updated = tx.execute(
-                "UPDATE gateway_crons SET last_run_at_ms = ?2, error_json = ?3 WHERE cron_id = ?1",
-                params![cron_id, now, error_json],
-            )?;
-            if updated == 0 {
-                return Err(StoreError::NotFound(format!(
-                    "cron {cron_id} does not exist"
-                )));
-            }
-        }
-        Op::ClaimWebhookDelivery {
-            workflow_key,
-            delivery_key,
-            expires_at_ms,
-        } => {
-            tx.prepare_cached("DELETE FROM gateway_webhook_deliveries WHERE expires_at_ms <= ?1")?
-                .execute([now])?;
-            let claimed = tx
-                .prepare_cached(
-                    "INSERT INTO gateway_webhook_deliveries
-                        (workflow_key, delivery_key, received_at_ms, expires_at_ms)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![workflow_key, delivery_key, now, expires_at_ms])?;
-            if claimed == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "webhook delivery {delivery_key} of {workflow_key} was already accepted"
-                )));
-            }
-        }
-        Op::ReleaseWebhookDelivery {
-            workflow_key,
-            delivery_key,
-        } => {
-            tx.execute(
-                "DELETE FROM gateway_webhook_deliveries WHERE workflow_key = ?1 AND delivery_key = ?2",
-                params![workflow_key, delivery_key],
-            )?;
-        }
+        Op::UpsertCron { .. }
+        | Op::DeleteCron { .. }
+        | Op::ClaimCronTick { .. }
+        | Op::RecordCronRun { .. }
+        | Op::ClaimWebhookDelivery { .. }
+        | Op::ReleaseWebhookDelivery { .. } => gateway::apply(tx, op, now)?,
         Op::CollectRun { rule, max_rows } => {
             let step = retention::collect_step(tx, pending.run_id, rule, *max_rows)?;
             pending.outcome.collected = Some(step);
         }
     }
-    Ok(())
-}
-
-fn decide_approval(
-    tx: &Transaction<'_>,
-    pending: &mut Pending<'_>,
-    key: &NodeKey,
-    approved: bool,
-    note: &Option<String>,
-    decided_by: &Option<String>,
-    now: i64,
-) -> Result<(), StoreError> {
-    let run = pending.run_id.as_str();
-    let (status, _) = run_status(tx, pending.run_id)?;
-    if status.is_terminal() {
-        return Err(StoreError::Conflict(format!(
-            "node {} is not waiting for approval: run {run} is {status}",
-            key.node_id
-        )));
-    }
-    let node_state: Option<String> = tx
-        .query_row(
-            "SELECT state FROM nodes WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
-            params![run, key.node_id, key.iteration],
-            |row| row.get(0),
-        )
-        .optional()?;
-    let updated = if node_state.as_deref() == Some(NodeState::WaitingApproval.as_str()) {
-        tx.execute(
-            "UPDATE approvals SET status = ?4, decided_at_ms = ?5, note = ?6, decided_by = ?7
-             WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3 AND status = 'requested'",
-            params![
-                run,
-                key.node_id,
-                key.iteration,
-                if approved {
-                    ApprovalStatus::Approved.as_str()
-                } else {
-                    ApprovalStatus::Denied.as_str()
-                },
-                now,
-                note,
-                decided_by
-            ],
-        )?
-    } else {
-        0
-    };
-    if updated == 0 {
-        return Err(StoreError::Conflict(format!(
-            "node {} (iteration {}) is not waiting for approval",
-            key.node_id, key.iteration
-        )));
-    }
-    tx.execute(
-        "UPDATE nodes SET state = 'pending', updated_at_ms = ?4
-         WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
-        params![run, key.node_id, key.iteration, now],
-    )?;
-    let (node_id, iteration, note, decided_by) = (
-        key.node_id.to_string(),
-        key.iteration,
-        note.clone(),
-        decided_by.clone(),
-    );
-    pending.events.push(if approved {
-        EventBody::ApprovalGranted {
-            node_id,
-            iteration,
-            note,
-            decided_by,
-        }
-    } else {
-        EventBody::ApprovalDenied {
-            node_id,
-            iteration,
-            note,
-            decided_by,
-        }
-    });
-    Ok(())
-}
-
-fn cancel_run(tx: &Transaction<'_>, pending: &mut Pending<'_>, now: i64) -> Result<(), StoreError> {
-    let run = pending.run_id.as_str();
-    let (status, _) = run_status(tx, pending.run_id)?;
-    if status.is_terminal() {
-        return Err(StoreError::Conflict(format!(
-            "run {run} is already {status}"
-        )));
-    }
-    let attempts: Vec<(String, u32, u32)> = tx
-        .prepare(
-            "UPDATE attempts SET state = ?2, finished_at_ms = ?3
-             WHERE run_id = ?1 AND state = 'in-progress' RETURNING node_id, iteration, attempt",
-        )?
-        .query_map(params![run, AttemptState::Cancelled.as_str(), now], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (node_id, iteration, attempt) in attempts {
-        tx.execute(
-            "UPDATE nodes SET state = 'cancelled', updated_at_ms = ?4
-             WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
-            params![run, node_id, iteration, now],
-        )?;
-        pending.events.push(EventBody::NodeCancelled {
-            node_id,
-            iteration,
-            attempt: Some(attempt),
-            reason: "run-cancelled".into(),
-        });
-    }
-    let approvals: Vec<(String, u32)> = tx
-        .prepare(
-            "UPDATE approvals SET status = 'denied', decided_at_ms = ?2, note = 'run cancelled',
-                decided_by = 'smithers:cancel'
-             WHERE run_id = ?1 AND status = 'requested' RETURNING node_id, iteration",
-        )?
-        .query_map(params![run, now], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (node_id, iteration) in approvals {
-        tx.execute(
-            "UPDATE nodes SET state = 'cancelled', updated_at_ms = ?4
-             WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
-            params![run, node_id, iteration, now],
-        )?;
-        pending.events.push(EventBody::ApprovalDenied {
-            node_id: node_id.clone(),
-            iteration,
-            note: Some("run cancelled".into()),
-            decided_by: Some("smithers:cancel".into()),
-        });
-        pending.events.push(EventBody::NodeCancelled {
-            node_id,
-            iteration,
-            attempt: None,
-            reason: "run-cancelled".into(),
-        });
-    }
-    tx.execute(
-        "UPDATE nodes SET state = 'cancelled', updated_at_ms = ?2
-         WHERE run_id = ?1 AND state IN ('waiting-event')",
-        params![run, now],
-    )?;
-    tx.execute(
-        "UPDATE runs SET status = 'cancelled', finished_at_ms = ?2, cancel_requested_at_ms = ?2,
-            heartbeat_at_ms = NULL, owner_id = NULL WHERE run_id = ?1",
-        params![run, now],
-    )?;
-    pending.events.push(EventBody::RunCancelled {});
     Ok(())
 }
