@@ -227,3 +227,13 @@ fn build_settings(
         max_component_bytes: config.max_component_mb.max(1) << 20,
     })
 }
+
+/// Whether `path` resolves (symlinks followed) to somewhere under `dir`: a
+/// file there is one a workflow may have written, so the host must not take
+/// its configuration from it.
+pub(crate) fn resolves_inside(path: &Path, dir: &Path) -> bool {
+    match (std::fs::canonicalize(path), std::fs::canonicalize(dir)) {
+        (Ok(path), Ok(dir)) => path.starts_with(dir),
+        _ => false,
+    }
+}

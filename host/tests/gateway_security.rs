@@ -150,14 +150,22 @@ fn refused_config(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, config).unwrap();
+    std::fs::create_dir(dir.path().join("root")).unwrap();
+    refused_start(&path, &dir.path().join("root"), dir.path())
+}
+
+/// Starts the gateway on the config file at `path` and returns its stderr
+/// once it exited; panics if it starts listening instead.
+fn refused_start(path: &std::path::Path, root: &std::path::Path, dir: &std::path::Path) -> String {
+    let config = std::fs::read_to_string(path).unwrap_or_default();
     let mut child = Command::new(common::host_binary())
         .arg("gateway")
         .arg("--config")
-        .arg(&path)
+        .arg(path)
         .arg("--root-dir")
-        .arg(dir.path())
+        .arg(root)
         .arg("--state-dir")
-        .arg(dir.path().join("state"))
+        .arg(dir.join("state"))
         .env("SHORT_JWT_SECRET", "too-short")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -207,6 +215,33 @@ fn unsafe_auth_configs_are_refused_before_the_gateway_listens() {
         let stderr = refused_config(&config);
         assert!(stderr.contains(why), "{config}\n→ {stderr}");
         assert!(!stderr.contains("too-short"), "the secret leaked: {stderr}");
+    }
+}
+
+/// A workflow can write anything in the root dir: a gateway config there
+/// (or a link to one there) would let it issue itself tokens.
+#[test]
+fn a_config_file_inside_the_root_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let config = "[listen]\nport = 0\n[auth]\nmode = \"token\"\n\
+                  [auth.tokens.planted-token-0123456789]\nrole = \"operator\"\nscopes = [\"*\"]\n";
+    let planted = root.join("gateway.toml");
+    std::fs::write(&planted, config).unwrap();
+    let link = dir.path().join("gateway.toml");
+    std::os::unix::fs::symlink(&planted, &link).unwrap();
+    for path in [&planted, &link] {
+        let stderr = refused_start(path, &root, dir.path());
+        assert!(
+            stderr.contains("is inside the root dir") && stderr.contains("keep the file outside"),
+            "{}: {stderr}",
+            path.display()
+        );
+        assert!(
+            !stderr.contains("planted-token"),
+            "the file's content was echoed: {stderr}"
+        );
     }
 }
 

@@ -15,6 +15,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::limits::parse_duration;
+use crate::app::resolves_inside;
 use crate::runtime::http::policy::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT};
 use crate::runtime::http::{HttpPolicy, Pattern, SecretSpec, Secrets};
 
@@ -71,6 +72,16 @@ pub(super) fn read_config(
     root_dir: &Path,
 ) -> Result<HttpTable, String> {
     let shown = path.display();
+    // The gateway's file also holds its tokens, workflows and schedules: a
+    // workflow able to write it would grant itself all of them.
+    if other_tables && resolves_inside(path, root_dir) {
+        return Err(format!(
+            "the gateway's config file {shown} is inside the root dir {}, which workflows can \
+             write: its [auth] tokens, workflows and [http] policy would be theirs; keep the \
+             file outside the project",
+            root_dir.display()
+        ));
+    }
     let size = std::fs::metadata(path)
         .map_err(|e| format!("cannot read the config file {shown}: {e}"))?
         .len();
@@ -80,7 +91,7 @@ pub(super) fn read_config(
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the config file {shown}: {e}"))?;
     let table = parse_config(&text, other_tables).map_err(|e| format!("{shown}: {e}"))?;
-    if table != HttpTable::default() && inside(path, root_dir) {
+    if table != HttpTable::default() && resolves_inside(path, root_dir) {
         return Err(format!(
             "the config file {shown} is inside the root dir {}, which workflows can write: \
              its [http] policy would be theirs; keep the file outside the project",
@@ -88,14 +99,6 @@ pub(super) fn read_config(
         ));
     }
     Ok(table)
-}
-
-/// Whether `path` resolves to somewhere under `root_dir` (symlinks followed).
-fn inside(path: &Path, root_dir: &Path) -> bool {
-    match (std::fs::canonicalize(path), std::fs::canonicalize(root_dir)) {
-        (Ok(path), Ok(root)) => path.starts_with(root),
-        _ => false,
-    }
 }
 
 fn parse_config(text: &str, other_tables: bool) -> Result<HttpTable, String> {

@@ -471,6 +471,14 @@ fn reload_auth_on_sighup(gateway: Shared, path: std::path::PathBuf) {
                 _ = gateway.shutdown.cancelled() => return,
                 _ = hangups.recv() => {}
             }
+            if crate::app::resolves_inside(&path, &gateway.root_dir) {
+                tracing::error!(
+                    path = %path.display(),
+                    "SIGHUP: the config file now resolves inside the root dir, which workflows \
+                     can write; not reloaded, the current [auth] stays"
+                );
+                continue;
+            }
             let reloaded = GatewayConfig::load(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|config| gateway.reload_auth(config.auth).map_err(|e| e.to_string()));
