@@ -94,6 +94,7 @@ pub struct ClientBuilder {
     base_url: String,
     api_key: Option<String>,
     timeout: Duration,
+    roots_pem: Vec<Vec<u8>>,
 }
 
 impl Default for ClientBuilder {
@@ -102,6 +103,7 @@ impl Default for ClientBuilder {
             base_url: DEFAULT_BASE_URL.to_string(),
             api_key: None,
             timeout: DEFAULT_TIMEOUT,
+            roots_pem: Vec::new(),
         }
     }
 }
@@ -126,6 +128,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Also trusts the certificate(s) in this PEM text for `https://` (a
+    /// private CA, or a server's self-signed certificate), on top of the
+    /// public web roots. Needs the `rustls` feature to have an effect on
+    /// `build`, which refuses it otherwise.
+    pub fn root_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots_pem.push(pem.into());
+        self
+    }
+
     /// Builds the client; fails on a URL that cannot be a base.
     pub fn build(self) -> Result<Client, Error> {
         let base = Url::parse(&self.base_url)
@@ -138,7 +149,8 @@ impl ClientBuilder {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        let http = with_roots(http, &self.roots_pem)?
             .build()
             .map_err(|e| Error::Invalid(format!("cannot set up HTTP: {e}")))?;
         Ok(Client {
@@ -147,6 +159,40 @@ impl ClientBuilder {
             api_key: self.api_key,
             timeout: self.timeout,
         })
+    }
+}
+
+#[cfg(feature = "rustls")]
+fn with_roots(
+    mut http: reqwest::ClientBuilder,
+    roots: &[Vec<u8>],
+) -> Result<reqwest::ClientBuilder, Error> {
+    for pem in roots {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| Error::Invalid(format!("a root certificate is not valid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Invalid(
+                "a root certificate PEM holds no certificate".into(),
+            ));
+        }
+        for cert in certs {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    Ok(http)
+}
+
+#[cfg(not(feature = "rustls"))]
+fn with_roots(
+    http: reqwest::ClientBuilder,
+    roots: &[Vec<u8>],
+) -> Result<reqwest::ClientBuilder, Error> {
+    if roots.is_empty() {
+        Ok(http)
+    } else {
+        Err(Error::Invalid(
+            "root certificates need smithers-client's `rustls` feature".into(),
+        ))
     }
 }
 

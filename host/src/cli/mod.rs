@@ -136,6 +136,41 @@ pub struct ServerArgs {
     /// `/v1/runs/:id/nodes/:node` carries; the rest comes in later pages.
     #[arg(long, default_value_t = 4_194_304)]
     pub max_output_page_bytes: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// HTTPS for a server or the gateway.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. A non-loopback listener with a token but no TLS logs a
+    /// warning: the token would cross the network in clear text.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "SMITHERS_TLS_CERT"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "SMITHERS_TLS_KEY"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, when both were given.
+    pub fn files(&self) -> Option<crate::http::tls::TlsFiles> {
+        Some(crate::http::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
 }
 
 impl ServerArgs {
@@ -158,6 +193,7 @@ impl ServerArgs {
                 max_per_client: self.max_sse_per_client,
             },
             max_output_page_bytes: self.max_output_page_bytes,
+            tls: self.tls.files(),
         }
     }
 }
@@ -430,6 +466,9 @@ pub(crate) async fn shutdown_signal() {
 pub struct GatewayArgs {
     #[command(flatten)]
     retain: gc::RetainArgs,
+    /// Overrides the config's `listen.tls_cert`/`listen.tls_key`.
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Gateway mode: loads and checks the config before opening anything, then
@@ -441,10 +480,23 @@ async fn gateway(config: AppConfig, file: Option<PathBuf>, args: GatewayArgs) ->
             EXIT_USAGE,
         );
     };
-    let gateway_config = match crate::gateway::config::GatewayConfig::load(&file) {
+    let mut gateway_config = match crate::gateway::config::GatewayConfig::load(&file) {
         Ok(config) => config,
         Err(e) => return local::fail(e, EXIT_USAGE),
     };
+    if let Some(files) = args.tls.files() {
+        if gateway_config.listen.socket.is_some() {
+            return local::fail(
+                "--tls-cert applies to TCP; the config's listen.socket is served without TLS",
+                EXIT_USAGE,
+            );
+        }
+        gateway_config.listen.tls_cert = Some(files.cert);
+        gateway_config.listen.tls_key = Some(files.key);
+    }
+    if let Some(Err(e)) = gateway_config.listen.tls().map(|files| files.acceptor()) {
+        return local::fail(e, EXIT_USAGE);
+    }
     let app = match App::open(config) {
         Ok(app) => app,
         Err(e) => return local::fail(e, EXIT_REFUSED),

@@ -33,8 +33,8 @@ pub async fn up(config: AppConfig, server: ServerConfig, args: UpArgs) -> u8 {
         Ok(app) => app,
         Err(e) => return local::fail(e, EXIT_REFUSED),
     };
-    let listener = match http::bind(&server).await {
-        Ok(listener) => listener,
+    let bound = match http::bind(&server).await {
+        Ok(bound) => bound,
         Err(e) => {
             eprintln!("smithers-host: {e}");
             app.close().await;
@@ -56,7 +56,7 @@ pub async fn up(config: AppConfig, server: ServerConfig, args: UpArgs) -> u8 {
     println!("smithers-host serving run {run_id}");
     http::run(
         app,
-        listener,
+        bound,
         router,
         &state,
         server.connections,

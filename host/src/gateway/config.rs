@@ -88,6 +88,22 @@ pub struct ListenConfig {
     /// Allow a non-loopback bind without auth and accept any Host/Origin.
     #[serde(default)]
     pub insecure: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ListenConfig {
+    /// The TLS files, when both are set.
+    pub fn tls(&self) -> Option<crate::http::tls::TlsFiles> {
+        Some(crate::http::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
 }
 
 fn default_host() -> String {
@@ -105,6 +121,8 @@ impl Default for ListenConfig {
             port: DEFAULT_PORT,
             socket: None,
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -394,6 +412,16 @@ impl GatewayConfig {
                 "limits.max_open_connections must exceed limits.max_connections, \
                  or WebSockets could take every connection (and /health with them)"
                     .into(),
+            ));
+        }
+        if self.listen.tls_cert.is_some() != self.listen.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "listen.tls_cert and listen.tls_key go together".into(),
+            ));
+        }
+        if self.listen.socket.is_some() && self.listen.tls_cert.is_some() {
+            return Err(ConfigError::Invalid(
+                "listen.tls_cert applies to TCP; a Unix socket is served without TLS".into(),
             ));
         }
         if self.auth.is_none()

@@ -23,6 +23,7 @@ use super::config::{GatewayConfig, bind_host};
 use super::rpc::{self, Caller, RpcCode, RpcError, response_error, response_ok};
 use super::{Gateway, bounds, cron, events, webhook, ws};
 use crate::app::App;
+use crate::http::auth::is_loopback_host;
 use crate::http::connections::ConnectionLimits;
 use crate::http::error::json_response;
 use crate::http::listen::{Listener, Peer, accept_until};
@@ -51,6 +52,9 @@ pub enum GatewayError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::http::tls::TlsError),
     /// The schedules cannot be stored.
     #[error("cannot store the cron schedules: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -363,7 +367,19 @@ async fn bind(config: &GatewayConfig) -> Result<(Listener, String), GatewayError
         }
         return Ok((Listener::Unix(listener, path.clone()), addr));
     }
+    let tls = config
+        .listen
+        .tls()
+        .map(|files| files.acceptor())
+        .transpose()?;
     let host = bind_host(&config.listen.host);
+    if tls.is_none() && config.auth.is_some() && !is_loopback_host(host) {
+        tracing::warn!(
+            host = %config.listen.host,
+            "listening beyond loopback without TLS: tokens cross the network in clear text; \
+             set listen.tls_cert and listen.tls_key, or put a TLS proxy in front"
+        );
+    }
     let addr = format!("{}:{}", config.listen.host, config.listen.port);
     let listener = tokio::net::TcpListener::bind((host, config.listen.port))
         .await
@@ -375,7 +391,8 @@ async fn bind(config: &GatewayConfig) -> Result<(Listener, String), GatewayError
         addr: addr.clone(),
         source,
     })?;
-    Ok((Listener::Tcp(listener), format!("http://{local}")))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    Ok((Listener::tcp(listener, tls), format!("{scheme}://{local}")))
 }
 
 /// Serves the gateway until `shutdown` resolves: loads the workflows, binds,

@@ -1,8 +1,9 @@
 //! The accept loop both HTTP surfaces share (server and serve mode, and the
 //! gateway): TCP or Unix-socket listeners, HTTP/1 and HTTP/2 (h2c prior
 //! knowledge) with WebSocket upgrades, every connection admitted through
-//! the listener's [`Registry`] (connection limit, idle timeout), and a
-//! graceful, bounded drain at shutdown. It knows nothing of routes.
+//! the listener's [`Registry`] (connection limit, idle timeout), TLS when
+//! the operator gave a certificate, and a graceful, bounded drain at
+//! shutdown. It knows nothing of routes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,10 +18,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_http::add_extension::AddExtension;
 
 use super::connections::{ConnectionLimits, Counted, Registry, Socket, supervise};
+use super::tls::TlsSocket;
 
 /// Longest the drain at shutdown waits for open connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,8 +32,20 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Listener {
     /// A TCP socket.
     Tcp(TcpListener),
+    /// A TCP socket speaking TLS.
+    Tls(TcpListener, TlsAcceptor),
     /// A Unix socket, removed when the loop ends.
     Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// A TCP listener, with TLS when `tls` is given.
+    pub fn tcp(listener: TcpListener, tls: Option<TlsAcceptor>) -> Self {
+        match tls {
+            Some(acceptor) => Self::Tls(listener, acceptor),
+            None => Self::Tcp(listener),
+        }
+    }
 }
 
 /// Who is on the other end of a connection, put into every request's
@@ -88,7 +103,13 @@ pub async fn accept_until(
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                context.serve(stream, Peer::Tcp(peer)).await;
+                match &listener {
+                    Listener::Tls(_, acceptor) => {
+                        let stream = TlsSocket::new(acceptor, stream);
+                        context.serve(stream, Peer::Tcp(peer)).await;
+                    }
+                    _ => context.serve(stream, Peer::Tcp(peer)).await,
+                }
             }
             Ok(Accepted::Unix(stream)) => context.serve(stream, Peer::Unix).await,
             Err(e) => {
@@ -114,7 +135,9 @@ pub async fn accept_until(
 
 async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+        Listener::Tcp(l) | Listener::Tls(l, _) => {
+            l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer))
+        }
         Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
     }
 }

@@ -27,6 +27,7 @@ pub mod outputs;
 pub mod runs;
 pub mod serve;
 pub mod subscribers;
+pub mod tls;
 pub mod workflows;
 
 use std::future::Future;
@@ -81,6 +82,8 @@ pub struct ServerConfig {
     /// Most bytes of outputs one answer of the node and outputs routes
     /// carries (a single larger output still goes alone in its page).
     pub max_output_page_bytes: u64,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             connections: ConnectionLimits::default(),
             streams: StreamLimits::default(),
             max_output_page_bytes: crate::engine::outputs::Page::DEFAULT_MAX_BYTES,
+            tls: None,
         }
     }
 }
@@ -111,6 +115,9 @@ pub enum ServeError {
     /// A limit is zero, or the streams could take every connection.
     #[error("{0}")]
     InvalidLimit(String),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -123,8 +130,11 @@ pub enum ServeError {
 
 impl ServerConfig {
     /// Refuses an unauthenticated bind beyond loopback unless `insecure`,
-    /// and limits that would lock every client out.
+    /// limits that would lock every client out, and unusable TLS files.
     pub fn validate(&self) -> Result<(), ServeError> {
+        if let Some(files) = &self.tls {
+            files.acceptor()?;
+        }
         let token = self.auth_token.as_deref().is_some_and(|t| !t.is_empty());
         if !auth::is_loopback_host(bind_host(&self.host)) && !token && !self.insecure {
             return Err(ServeError::InsecureBind(self.host.clone()));
@@ -311,11 +321,10 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let listener = bind(&config).await?;
-    if let Ok(addr) = listener.local_addr() {
+    let bound = bind(&config).await?;
+    if let Some(url) = bound.url() {
         // Lets a local command refused by the state dir's lock name the
         // `smithers-host client` command that reaches this server instead.
-        let url = client_url(addr);
         if let Err(e) = app
             .state_dir
             .record_server(&url, config.auth_token.is_some())
@@ -333,35 +342,74 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
     }
     let router = router(state.clone(), config.access_policy());
-    run(app, listener, router, &state, config.connections, shutdown).await;
+    run(app, bound, router, &state, config.connections, shutdown).await;
     Ok(())
 }
 
-/// Binds the configured address after refusing an unsafe configuration.
-pub async fn bind(config: &ServerConfig) -> Result<TcpListener, ServeError> {
+/// A bound listener and, with `--tls-cert`, its TLS acceptor.
+pub struct Bound {
+    /// The TCP listener.
+    pub listener: TcpListener,
+    /// Present when the server speaks HTTPS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Bound {
+    /// `http://ADDR` or `https://ADDR`, as a local client reaches it (an
+    /// unspecified address becomes loopback).
+    pub fn url(&self) -> Option<String> {
+        let mut addr = self.listener.local_addr().ok()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Some(format!("{scheme}://{addr}"))
+    }
+}
+
+/// Binds the configured address after refusing an unsafe configuration and
+/// loading the TLS certificate, if any (before anything listens).
+pub async fn bind(config: &ServerConfig) -> Result<Bound, ServeError> {
     config.validate()?;
-    TcpListener::bind((bind_host(&config.host), config.port))
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::TlsFiles::acceptor)
+        .transpose()?;
+    let token = config.auth_token.is_some();
+    if tls.is_none() && token && !auth::is_loopback_host(bind_host(&config.host)) {
+        tracing::warn!(
+            host = %config.host,
+            "listening beyond loopback without TLS: the auth token crosses the network in \
+             clear text; pass --tls-cert and --tls-key, or put a TLS proxy in front"
+        );
+    }
+    let listener = TcpListener::bind((bind_host(&config.host), config.port))
         .await
         .map_err(|source| ServeError::Bind {
             addr: format!("{}:{}", config.host, config.port),
             source,
-        })
+        })?;
+    Ok(Bound { listener, tls })
 }
 
 /// Announces the address, serves `router` until `shutdown`, then closes the app.
 pub async fn run(
     app: App,
-    listener: TcpListener,
+    bound: Bound,
     router: Router,
     state: &ApiState,
     connections: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    if let Ok(addr) = listener.local_addr() {
-        announce(addr);
+    if let (Some(url), Ok(addr)) = (bound.url(), bound.listener.local_addr()) {
+        announce(&url, addr, bound.tls.is_some());
     }
     listen::accept_until(
-        listen::Listener::Tcp(listener),
+        listen::Listener::tcp(bound.listener, bound.tls),
         router,
         connections,
         shutdown,
@@ -381,23 +429,13 @@ impl ServerConfig {
 
 /// The URL a client on this machine uses to reach `addr` (loopback when
 /// the server listens on every interface).
-fn client_url(addr: SocketAddr) -> String {
-    let mut addr = addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    format!("http://{addr}")
-}
-
-fn announce(addr: SocketAddr) {
+fn announce(url: &str, addr: SocketAddr, tls: bool) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "smithers-host listening on http://{addr}");
+    let scheme = if tls { "https" } else { "http" };
+    let _ = writeln!(stdout, "smithers-host listening on {scheme}://{addr}");
     let _ = stdout.flush();
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, %url, tls, "listening");
 }
 
 /// Starts the metrics follower and the sandbox probe.

@@ -30,6 +30,8 @@ pub struct Options {
     pub install: Vec<String>,
     /// Start the process with the root dir as its working directory.
     pub cwd_in_root: bool,
+    /// A certificate (PEM) the test client trusts, for a server on HTTPS.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// A running `smithers-host` process, killed on drop.
@@ -44,12 +46,22 @@ pub struct Server {
     pub client: reqwest::Client,
 }
 
+/// The test's HTTP client (no pooling), trusting `ca_pem` if given.
+pub fn client(ca_pem: Option<&[u8]>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().pool_max_idle_per_host(0);
+    if let Some(pem) = ca_pem {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap());
+    }
+    builder.build().unwrap()
+}
+
 impl Server {
     pub fn start() -> Self {
         Self::with(Options::default())
     }
 
     pub fn with(options: Options) -> Self {
+        let client = client(options.ca_pem.as_deref());
         let mut server = Self {
             child: None,
             addr: String::new(),
@@ -58,10 +70,7 @@ impl Server {
             state: tempfile::tempdir().unwrap(),
             logs: tempfile::tempdir().unwrap(),
             options,
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap(),
+            client,
         };
         for package in server.options.install.clone() {
             server.install(&package);
@@ -116,10 +125,11 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("spawn smithers-host");
-        let addr = common::wait_for_line(&mut child, "smithers-host listening on http://")
+        let url = common::wait_for_line(&mut child, "smithers-host listening on ")
             .unwrap_or_else(|| panic!("server did not start; log:\n{}", self.log()));
-        self.base = format!("http://{addr}");
-        self.addr = addr;
+        let (_, addr) = url.split_once("://").expect("a URL");
+        self.addr = addr.to_string();
+        self.base = url;
         self.child = Some(child);
     }
 

@@ -36,6 +36,10 @@ pub struct ClientArgs {
     /// Token sent as `Authorization: Bearer <key>`.
     #[arg(long, env = "SMITHERS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Also trust this certificate (PEM) for an `https://` URL: the
+    /// server's self-signed certificate or a private CA.
+    #[arg(long, env = "SMITHERS_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print the server's JSON instead of readable text (NDJSON for `watch`).
     #[arg(long, global = true)]
     json: bool,
@@ -166,6 +170,15 @@ pub async fn main(args: ClientArgs) -> u8 {
     let mut builder = Client::builder().base_url(&args.url);
     if let Some(key) = &args.api_key {
         builder = builder.api_key(key);
+    }
+    if let Some(path) = &args.ca_cert {
+        match read_pem(path) {
+            Ok(pem) => builder = builder.root_certificate_pem(pem),
+            Err(e) => {
+                eprintln!("smithers-host: --ca-cert {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+        }
     }
     let client = match builder.build() {
         Ok(client) => client,
@@ -544,4 +557,13 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     for row in &rows {
         print_line(&line(row.iter().map(String::as_str).collect()));
     }
+}
+
+/// A certificate file, bounded (a PEM bundle is a few KiB).
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size > 1024 * 1024 {
+        return Err("larger than 1 MiB".into());
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
 }
