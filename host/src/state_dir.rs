@@ -13,6 +13,9 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::FlockOperation;
 
 use serde::{Deserialize, Serialize};
 
@@ -147,12 +150,7 @@ impl StateDir {
             .truncate(false)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            return Err(StateDirError::Locked {
-                path: path.display().to_string(),
-                holder: holder_of(&path, &mut lock).to_string(),
-            });
-        }
+        take_lock(&path, &mut lock)?;
         lock.set_len(0).map_err(io(&lock_path))?;
         lock.rewind().map_err(io(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
@@ -175,7 +173,7 @@ impl StateDir {
     pub fn holder(path: &Path) -> Option<Holder> {
         let mut lock = File::open(path.join("lock")).ok()?;
         // A shared lock is granted unless a holder has the exclusive one.
-        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockShared).is_ok() {
             return None;
         }
         Some(holder_of(path, &mut lock))
@@ -232,6 +230,46 @@ impl Drop for StateDir {
     }
 }
 
+/// How long a start waits for a lock whose recorded holder has exited.
+const RELEASE_GRACE: Duration = Duration::from_secs(3);
+
+/// Takes the exclusive lock. A lock held although the process the lock file
+/// names has exited is on its way out: the dead host's descriptor lives on
+/// for a moment in a child caught between fork and exec, or in a process
+/// that is still being torn down. A restart right after a kill waits for it
+/// (briefly) instead of refusing; a live holder is refused at once.
+fn take_lock(dir: &Path, lock: &mut File) -> Result<(), StateDirError> {
+    let deadline = Instant::now() + RELEASE_GRACE;
+    loop {
+        if rustix::fs::flock(&*lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return Ok(());
+        }
+        let holder = holder_of(dir, lock);
+        let gone = holder.pid.is_some_and(|pid| !process_alive(pid));
+        if !gone || Instant::now() >= deadline {
+            return Err(StateDirError::Locked {
+                path: dir.display().to_string(),
+                holder: holder.to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a process that has not exited (a zombie has: its
+/// descriptors are closed).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and
+        // may itself hold spaces or parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| !matches!(state, "Z" | "X" | "x")),
+        Err(_) => false,
+    }
+}
+
 /// The holder named by the lock file, and its server record if the record
 /// is that process's (a record left by a killed server names another pid).
 fn holder_of(dir: &Path, lock: &mut File) -> Holder {
@@ -272,6 +310,56 @@ mod tests {
         );
         drop(first);
         assert!(StateDir::open(outside.path(), &root_path).is_ok());
+    }
+
+    /// The lock file as a dead host left it, its lock still held for
+    /// `for_ms` by a descriptor the dead host shared with a child.
+    fn held_by_a_dead_host(dir: &Path, pid: u32, for_ms: u64) -> std::thread::JoinHandle<()> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("lock"))
+            .unwrap();
+        rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).unwrap();
+        write!(lock, "{pid}").unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(for_ms));
+            drop(lock);
+        })
+    }
+
+    #[test]
+    fn a_restart_waits_for_a_dead_holders_lock_but_not_for_a_live_one() {
+        let root = tempfile::tempdir().unwrap();
+        let root_path = std::fs::canonicalize(root.path()).unwrap();
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        let dead = exited.id();
+        exited.wait().unwrap();
+
+        let outside = tempfile::tempdir().unwrap();
+        let release = held_by_a_dead_host(outside.path(), dead, 300);
+        let started = Instant::now();
+        let opened = StateDir::open(outside.path(), &root_path);
+        assert!(opened.is_ok(), "{opened:?}");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        release.join().unwrap();
+
+        let other = tempfile::tempdir().unwrap();
+        let release = held_by_a_dead_host(other.path(), std::process::id(), 1000);
+        let started = Instant::now();
+        let refused = StateDir::open(other.path(), &root_path);
+        assert!(
+            matches!(refused, Err(StateDirError::Locked { .. })),
+            "{refused:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a live holder was waited for"
+        );
+        release.join().unwrap();
     }
 
     #[test]

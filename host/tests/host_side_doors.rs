@@ -509,3 +509,67 @@ async fn the_watcher_logs_bounded_lines_and_watches_a_bounded_number_of_dirs() {
     let log_bytes = std::fs::metadata(server.log_path()).unwrap().len();
     assert!(log_bytes < 64 << 10, "the host logged {log_bytes} bytes");
 }
+
+/// The processes of `pid`'s children (all its threads').
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// A child the host starts (the sandbox launcher) holds only descriptors
+/// of its own: none of the host's files (the state dir's lock and
+/// database, the root dir) and none of its sockets, so nothing of a killed
+/// host lives on in a child (a restart is never refused by its own lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_launcher_inherits_none_of_the_hosts_descriptors() {
+    let server = Server::with(Options {
+        install: vec!["fixture-scripted".into()],
+        ..Options::default()
+    });
+    let input = http_support::script(http_support::task(
+        "t",
+        json!({ "bash": { "command": "sleep 3" } }),
+    ));
+    let run = server.start_run("fixture-scripted.wasm", input).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let launcher = loop {
+        let found = children(server.pid()).into_iter().find(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains("__sandbox-exec"))
+        });
+        if let Some(launcher) = found {
+            break launcher;
+        }
+        assert!(Instant::now() < deadline, "no launcher started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{launcher}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    let state = std::fs::canonicalize(server.state.path()).unwrap();
+    let root = std::fs::canonicalize(server.root.path()).unwrap();
+    for target in &fds {
+        assert!(
+            !target.starts_with(&state.display().to_string())
+                && !target.starts_with(&root.display().to_string()),
+            "the launcher holds the host's {target}: {fds:?}"
+        );
+    }
+    // Its control socket, and no other (the host's listener is one).
+    let sockets = fds.iter().filter(|t| t.starts_with("socket:")).count();
+    assert!(sockets <= 1, "{fds:?}");
+    server.wait_status(&run, "finished").await;
+}
