@@ -573,3 +573,40 @@ async fn the_sandbox_launcher_inherits_none_of_the_hosts_descriptors() {
     assert!(sockets <= 1, "{fds:?}");
     server.wait_status(&run, "finished").await;
 }
+
+/// `SMITHERS_LOG_FORMAT=json`: every line the host logs is one JSON object
+/// (fields escaped, so a client's text cannot start a line of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let server = Server::with(Options {
+        install: vec!["fixture-scripted".into()],
+        env: vec![
+            ("SMITHERS_LOG_FORMAT".into(), "json".into()),
+            ("SMITHERS_LOG".into(), "debug".into()),
+        ],
+        ..Options::default()
+    });
+    let (status, _) = server
+        .post(
+            "/v1/runs",
+            json!({ "workflowPath": "missing\nFORGED level=ERROR.wasm", "input": {} }),
+        )
+        .await;
+    assert!(status >= 400);
+    let run = server
+        .start_run(
+            "fixture-scripted.wasm",
+            http_support::script(http_support::task("t", json!({}))),
+        )
+        .await;
+    server.wait_status(&run, "finished").await;
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 5, "{log}");
+    for line in lines {
+        let entry: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(entry["level"].is_string() && entry["fields"].is_object(), "{line}");
+        assert!(!line.starts_with("FORGED"));
+    }
+}

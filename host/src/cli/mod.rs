@@ -403,11 +403,18 @@ fn init_tracing(default_level: &str) {
     let filter = EnvFilter::try_from_env("SMITHERS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    // One JSON object per line (with the event's fields and its spans) for
+    // log shippers; text otherwise.
+    let json = std::env::var("SMITHERS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let _ = if json {
+        logs.json().with_current_span(true).try_init()
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Server mode: refuses an unsafe bind before opening anything, then serves
