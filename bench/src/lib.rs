@@ -19,22 +19,34 @@ pub fn workspace_root() -> PathBuf {
 /// the component path. Our own examples are trusted: cargo runs on the host,
 /// not in the sandbox the host gives root-dir crates.
 pub async fn build_example(name: &str) -> PathBuf {
+    build_package(&format!("example-{name}"), &format!("example_{name}")).await
+}
+
+/// Builds the workspace guest crate `package` (its library is `artifact`)
+/// for wasm32-wasip2 and returns the component path.
+pub async fn build_package(package: &str, artifact: &str) -> PathBuf {
     let target_dir = workspace_root().join("target").join("guests");
     let status = tokio::process::Command::new("cargo")
         .current_dir(workspace_root())
         .envs(GUEST_PROFILE_ENV.iter().copied())
-        .args(["build", "--release", "--target", GUEST_TARGET, "-p"])
-        .arg(format!("example-{name}"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            GUEST_TARGET,
+            "-p",
+            package,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .status()
         .await
-        .unwrap_or_else(|e| panic!("running cargo for examples/{name}: {e}"));
-    assert!(status.success(), "building examples/{name} failed");
+        .unwrap_or_else(|e| panic!("running cargo for {package}: {e}"));
+    assert!(status.success(), "building {package} failed");
     target_dir
         .join(GUEST_TARGET)
         .join("release")
-        .join(format!("example_{name}.wasm"))
+        .join(format!("{artifact}.wasm"))
 }
 
 /// A host on temporary root and state dirs, with `components` copied into
@@ -56,6 +68,16 @@ impl BenchHost {
         for (name, path) in components {
             std::fs::copy(path, root.path().join(format!("{name}.wasm"))).unwrap();
         }
+        Self::reopen(root, state, configure)
+    }
+
+    /// Opens a host on existing dirs (as a restarted host would; the
+    /// caller resumes what it left with `engine.recover()`).
+    pub fn reopen(
+        root: tempfile::TempDir,
+        state: tempfile::TempDir,
+        configure: impl FnOnce(&mut AppConfig),
+    ) -> Self {
         let mut config = AppConfig::new(root.path());
         config.state_dir = Some(state.path().to_path_buf());
         configure(&mut config);

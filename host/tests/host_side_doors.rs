@@ -604,9 +604,12 @@ async fn json_logs_are_one_object_per_line() {
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() > 5, "{log}");
     for line in lines {
-        let entry: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-        assert!(entry["level"].is_string() && entry["fields"].is_object(), "{line}");
+        let entry: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{line}"
+        );
         assert!(!line.starts_with("FORGED"));
     }
 }
