@@ -109,7 +109,7 @@ pub struct TlsSocket<S> {
 }
 
 enum State<S> {
-    Handshaking(tokio_rustls::Accept<S>),
+    Handshaking(Box<tokio_rustls::Accept<S>>),
     Ready(Box<tokio_rustls::server::TlsStream<S>>),
     Failed,
 }
@@ -118,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsSocket<S> {
     /// Starts (lazily) the handshake of `stream`.
     pub fn new(acceptor: &TlsAcceptor, stream: S) -> Self {
         Self {
-            state: State::Handshaking(acceptor.accept(stream)),
+            state: State::Handshaking(Box::new(acceptor.accept(stream))),
         }
     }
 
@@ -127,7 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsSocket<S> {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<&mut tokio_rustls::server::TlsStream<S>>> {
         if let State::Handshaking(accept) = &mut self.state {
-            match ready!(Pin::new(accept).poll(cx)) {
+            match ready!(Pin::new(accept.as_mut()).poll(cx)) {
                 Ok(stream) => self.state = State::Ready(Box::new(stream)),
                 Err(e) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
