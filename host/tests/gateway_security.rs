@@ -8,7 +8,7 @@
 mod common;
 mod gateway_support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -158,33 +158,19 @@ fn refused_config(config: &str) -> String {
 /// once it exited; panics if it starts listening instead.
 fn refused_start(path: &std::path::Path, root: &std::path::Path, dir: &std::path::Path) -> String {
     let config = std::fs::read_to_string(path).unwrap_or_default();
-    let mut child = Command::new(common::host_binary())
-        .arg("gateway")
-        .arg("--config")
-        .arg(path)
-        .arg("--root-dir")
-        .arg(root)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env("SHORT_JWT_SECRET", "too-short")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the gateway accepted this config and kept running:\n{config}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "{config}");
+    let (code, stderr) = common::refused(
+        Command::new(common::host_binary())
+            .arg("gateway")
+            .arg("--config")
+            .arg(path)
+            .arg("--root-dir")
+            .arg(root)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("SHORT_JWT_SECRET", "too-short"),
+        &format!("the gateway accepted this config:\n{config}"),
+    );
+    assert_ne!(code, Some(0), "{config}");
     stderr
 }
 

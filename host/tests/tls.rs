@@ -11,7 +11,7 @@ mod http_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_support::{Options, Server};
 use serde_json::json;
@@ -152,26 +152,10 @@ async fn the_client_subcommand_trusts_only_what_it_is_told() {
 /// Starts the binary with `args` and returns (exit code, stderr) once it
 /// exited; panics if it starts listening instead.
 fn refused(args: &[String]) -> (Option<i32>, String) {
-    let mut child = Command::new(common::host_binary())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the host started with {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code(), stderr)
+    common::refused(
+        Command::new(common::host_binary()).args(args),
+        &format!("the host started with {args:?}"),
+    )
 }
 
 #[test]

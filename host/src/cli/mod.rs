@@ -166,10 +166,7 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// The files, when both were given.
     pub fn files(&self) -> Option<crate::http::tls::TlsFiles> {
-        Some(crate::http::tls::TlsFiles {
-            cert: self.tls_cert.clone()?,
-            key: self.tls_key.clone()?,
-        })
+        crate::http::tls::TlsFiles::pair(self.tls_cert.as_ref(), self.tls_key.as_ref())
     }
 }
 

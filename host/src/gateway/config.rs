@@ -99,10 +99,7 @@ pub struct ListenConfig {
 impl ListenConfig {
     /// The TLS files, when both are set.
     pub fn tls(&self) -> Option<crate::http::tls::TlsFiles> {
-        Some(crate::http::tls::TlsFiles {
-            cert: self.tls_cert.clone()?,
-            key: self.tls_key.clone()?,
-        })
+        crate::http::tls::TlsFiles::pair(self.tls_cert.as_ref(), self.tls_key.as_ref())
     }
 }
 

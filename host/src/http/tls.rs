@@ -56,6 +56,14 @@ pub enum TlsError {
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 impl TlsFiles {
+    /// The pair, when both files are named.
+    pub fn pair(cert: Option<&PathBuf>, key: Option<&PathBuf>) -> Option<Self> {
+        Some(Self {
+            cert: cert?.clone(),
+            key: key?.clone(),
+        })
+    }
+
     /// Reads both files and builds the acceptor.
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
         let file_error = |what, path: &Path, reason: String| TlsError::File {

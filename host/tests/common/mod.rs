@@ -222,3 +222,29 @@ pub fn wait_for_line(child: &mut Child, prefix: &str) -> Option<String> {
         }
     }
 }
+
+/// Runs `command` (stdout discarded) and returns its exit code and stderr
+/// once it exited; panics, naming `what`, if it is still running after 30 s
+/// (a host that should have refused to start and is listening instead).
+pub fn refused(command: &mut Command, what: &str) -> (Option<i32>, String) {
+    use std::process::Stdio;
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("it kept running: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
