@@ -45,8 +45,14 @@ async fn kill_9_mid_run_then_a_restart_finishes_the_run() {
     assert!(before < 30, "killed mid-run");
 
     server.spawn();
+    // The restarted host answers at once; it resumes the run in the
+    // background and says so until it is done.
+    let (status, health) = server.get("/health").await;
+    assert_eq!(status, 200);
+    assert!(health["recovering"].is_boolean(), "{health}");
     let finished = server.wait_status(&run, "finished").await;
     assert_eq!(finished["summary"]["finished"], 30);
+    assert_eq!(server.get("/health").await.1["recovering"], false);
     let written = lines(&server);
     let expected: BTreeSet<String> = (0..30).map(|i| format!("step-{i}")).collect();
     assert_eq!(written.iter().cloned().collect::<BTreeSet<_>>(), expected);

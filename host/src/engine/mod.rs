@@ -9,6 +9,7 @@
 pub mod events;
 pub mod outputs;
 pub mod preflight;
+mod recovery;
 pub mod retention;
 mod run;
 mod schedule;
@@ -202,6 +203,8 @@ pub(crate) struct EngineInner {
     owner_id: String,
     active: Mutex<HashMap<RunId, Arc<ActiveRun>>>,
     shutting_down: AtomicBool,
+    /// Interrupted runs are being resumed (see `recovery`).
+    recovering: AtomicBool,
     background: CancellationToken,
 }
 
@@ -224,6 +227,7 @@ impl Engine {
             config,
             active: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
             background: CancellationToken::new(),
         });
         let heartbeat = inner.clone();
@@ -474,28 +478,6 @@ impl Engine {
             correlation_id,
             received_at_ms: outcome.signal_received_at_ms.unwrap_or(0),
         })
-    }
-
-    /// Resumes every run a previous host process left `running`.
-    pub async fn recover(&self) -> Result<Vec<RunId>, EngineError> {
-        let owner = self.inner.owner_id.clone();
-        let runs = self
-            .inner
-            .store
-            .read(move |r| r.runs_to_recover(&owner))
-            .await?;
-        let mut resumed = Vec::new();
-        for run_id in runs {
-            match self.inner.clone().resume(&run_id, None).await {
-                Ok(ResumeOutcome::Resumed) => resumed.push(run_id),
-                Ok(_) => {}
-                Err(e) => tracing::error!(run = %run_id, error = %e, "cannot recover run"),
-            }
-        }
-        if !resumed.is_empty() {
-            tracing::info!(count = resumed.len(), "recovered interrupted runs");
-        }
-        Ok(resumed)
     }
 
     /// Waits until no driver runs this run (finished, parked or failed).

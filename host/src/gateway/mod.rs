@@ -353,6 +353,7 @@ impl Gateway {
             "workflowsLoaded": self.workflows.len(),
             "workflowsTotal": self.workflows.len(),
             "http": self.engine.runtime().http_summary(),
+            "recovering": self.engine.recovering(),
         });
         if http {
             body["ok"] = json!(true);

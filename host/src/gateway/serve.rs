@@ -445,13 +445,8 @@ pub async fn serve(
     tokio::spawn(events::bridge(gateway.clone()));
     let poll = Duration::from_millis(gateway.config.heartbeat_ms.clamp(100, 1000));
     tokio::spawn(cron::scheduler(gateway.clone(), poll));
-    match gateway.engine.recover().await {
-        Ok(runs) if !runs.is_empty() => {
-            tracing::info!(count = runs.len(), "resumed interrupted runs")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
-    }
+    // Off the listener's path: `/health` answers while runs are resumed.
+    gateway.engine.recover_in_background();
     if let Some(path) = config_path {
         reload_auth_on_sighup(gateway.clone(), path);
     }

@@ -334,13 +334,8 @@ pub async fn serve(
     }
     let state = ApiState::new(app.engine.clone(), &config);
     start_background(&state).await;
-    match state.engine.recover().await {
-        Ok(runs) if !runs.is_empty() => {
-            tracing::info!(count = runs.len(), "resumed interrupted runs")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "cannot look for interrupted runs"),
-    }
+    // Off the listener's path: `/health` answers while runs are resumed.
+    state.engine.recover_in_background();
     let router = router(state.clone(), config.access_policy());
     run(app, bound, router, &state, config.connections, shutdown).await;
     Ok(())

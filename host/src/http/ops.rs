@@ -19,6 +19,7 @@ pub async fn health(State(state): State<ApiState>) -> Response {
         "ok": true,
         "version": env!("CARGO_PKG_VERSION"),
         "activeRuns": state.engine.active_runs(),
+        "recovering": state.engine.recovering(),
         "sandbox": sandbox,
         "http": state.engine.runtime().http_summary(),
     }))

@@ -59,21 +59,29 @@ impl Checkpointer {
 }
 
 fn run(conn: Connection, stopped: Receiver<()>, restart_frames: i64) {
+    // The first pass comes at once: a host killed before its first interval
+    // (again and again, in a crash loop) would otherwise leave the WAL to grow
+    // across restarts.
+    pass(&conn, restart_frames);
     loop {
         match stopped.recv_timeout(INTERVAL) {
-            Err(RecvTimeoutError::Timeout) => {
-                let wal_frames = checkpoint(&conn, "PASSIVE");
-                if wal_frames.is_some_and(|frames| frames > restart_frames) {
-                    let _ = conn.busy_timeout(RESTART_WAIT);
-                    checkpoint(&conn, "RESTART");
-                    let _ = conn.busy_timeout(schema::BUSY_TIMEOUT);
-                }
-            }
+            Err(RecvTimeoutError::Timeout) => pass(&conn, restart_frames),
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                 checkpoint(&conn, "TRUNCATE");
                 return;
             }
         }
+    }
+}
+
+/// Copies committed frames back; past `restart_frames`, makes the WAL start
+/// over (waiting at most [`RESTART_WAIT`] for readers).
+fn pass(conn: &Connection, restart_frames: i64) {
+    let wal_frames = checkpoint(conn, "PASSIVE");
+    if wal_frames.is_some_and(|frames| frames > restart_frames) {
+        let _ = conn.busy_timeout(RESTART_WAIT);
+        checkpoint(conn, "RESTART");
+        let _ = conn.busy_timeout(schema::BUSY_TIMEOUT);
     }
 }
 

@@ -37,6 +37,10 @@ pub(super) fn components() -> Value {
                     "ok": { "type": "boolean" },
                     "version": { "type": "string" },
                     "activeRuns": int,
+                    "recovering": {
+                        "type": "boolean",
+                        "description": "runs a previous host process left running are still being resumed"
+                    },
                     "sandbox": { "type": ["object", "null"] },
                     "http": {
                         "type": "object",
