@@ -7,7 +7,7 @@
 //! (`cancelled`: the host stopped, or the run was cancelled and resumed) and
 //! emptied when a new attempt follows a failure (a retry must really retry).
 
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::StoreError;
 use super::read::Reader;
@@ -39,15 +39,33 @@ impl HttpCall {
 }
 
 impl Reader<'_> {
-    /// The journaled calls of a node's current execution, by seq.
-    pub fn http_calls(&self, run_id: &RunId, key: &NodeKey) -> Result<Vec<HttpCall>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, attempt, request_digest, status, headers_json, body FROM http_calls
-             WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3 ORDER BY seq",
-        )?;
-        let rows = stmt
-            .query_map(
-                params![run_id.as_str(), &*key.node_id, key.iteration],
+    /// The highest seq journaled for a node's current execution, if any.
+    pub fn last_http_call(&self, run_id: &RunId, key: &NodeKey) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(seq) FROM http_calls WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
+            )?
+            .query_row(params![run_id.as_str(), &*key.node_id, key.iteration], |row| {
+                row.get(0)
+            })?)
+    }
+
+    /// The journaled call at `seq` of a node's current execution.
+    pub fn http_call(
+        &self,
+        run_id: &RunId,
+        key: &NodeKey,
+        seq: u32,
+    ) -> Result<Option<HttpCall>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT seq, attempt, request_digest, status, headers_json, body FROM http_calls
+                 WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3 AND seq = ?4",
+            )?
+            .query_row(
+                params![run_id.as_str(), &*key.node_id, key.iteration, seq],
                 |row| {
                     Ok(HttpCall {
                         seq: row.get(0)?,
@@ -58,9 +76,8 @@ impl Reader<'_> {
                         body: bytes::Bytes::from(row.get::<_, Vec<u8>>(5)?),
                     })
                 },
-            )?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+            )
+            .optional()?)
     }
 }
 

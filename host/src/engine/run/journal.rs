@@ -28,24 +28,31 @@ impl StoreJournal {
 }
 
 impl CallJournal for StoreJournal {
-    fn load(&self) -> JournalFuture<'_, Vec<RecordedCall>> {
+    fn last_seq(&self) -> JournalFuture<'_, Option<u32>> {
         Box::pin(async move {
             let (run_id, key) = (self.run_id.clone(), self.key.clone());
-            let calls = self
+            self.store
+                .read(move |r| r.last_http_call(&run_id, &key))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn get(&self, seq: u32) -> JournalFuture<'_, Option<RecordedCall>> {
+        Box::pin(async move {
+            let (run_id, key) = (self.run_id.clone(), self.key.clone());
+            let call = self
                 .store
-                .read(move |r| r.http_calls(&run_id, &key))
+                .read(move |r| r.http_call(&run_id, &key, seq))
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(calls
-                .into_iter()
-                .map(|c| RecordedCall {
-                    seq: c.seq,
-                    digest: c.digest,
-                    status: c.status,
-                    headers_json: c.headers_json,
-                    body: c.body,
-                })
-                .collect())
+            Ok(call.map(|c| RecordedCall {
+                seq: c.seq,
+                digest: c.digest,
+                status: c.status,
+                headers_json: c.headers_json,
+                body: c.body,
+            }))
         })
     }
 

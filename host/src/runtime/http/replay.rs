@@ -15,7 +15,6 @@
 //! secret, and neither does a response: the host redacted it before it was
 //! recorded.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,8 +47,10 @@ pub struct RecordedCall {
 /// Where a task's calls are journaled; the engine implements it over the
 /// run's store, bound to one node, iteration and attempt.
 pub trait CallJournal: Send + Sync {
-    /// The calls journaled for this node's execution so far.
-    fn load(&self) -> JournalFuture<'_, Vec<RecordedCall>>;
+    /// The highest seq journaled for this node's execution, if any.
+    fn last_seq(&self) -> JournalFuture<'_, Option<u32>>;
+    /// The call journaled at `seq`.
+    fn get(&self, seq: u32) -> JournalFuture<'_, Option<RecordedCall>>;
     /// Journals a completed call; the guest sees the response only once
     /// this succeeded.
     fn record(&self, call: RecordedCall) -> JournalFuture<'_, ()>;
@@ -75,8 +76,10 @@ pub(super) struct Replay {
 
 #[derive(Default)]
 struct State {
-    /// Loaded on the first call (most tasks never make one).
-    recorded: Option<BTreeMap<u32, RecordedCall>>,
+    /// Read on the first call (most tasks never make one): the journal's
+    /// last seq, past which no call is looked up. Calls themselves are read
+    /// one at a time, so a large journal is never held in memory whole.
+    last_seq: Option<Option<u32>>,
     /// Seq from which every call goes out.
     diverged_at: Option<u32>,
     /// Calls answered from the journal.
@@ -94,23 +97,20 @@ impl Replay {
     /// Decides how call `seq` with request digest `digest` is answered.
     pub(super) async fn answer(&self, seq: u32, digest: &str) -> Result<Answer, String> {
         let mut state = self.state.lock().await;
-        if state.recorded.is_none() {
-            let calls = self.journal.load().await?;
-            state.recorded = Some(calls.into_iter().map(|c| (c.seq, c)).collect());
-        }
-        if state.diverged_at.is_some_and(|at| seq >= at) {
+        let last_seq = match state.last_seq {
+            Some(last) => last,
+            None => *state.last_seq.insert(self.journal.last_seq().await?),
+        };
+        if last_seq.is_none_or(|last| seq > last) || state.diverged_at.is_some_and(|at| seq >= at) {
             return Ok(Answer::Live);
         }
-        let recorded = state.recorded.as_mut().expect("loaded above");
-        match recorded.get(&seq) {
+        match self.journal.get(seq).await? {
             None => Ok(Answer::Live),
             Some(call) if call.digest == digest => {
-                let call = call.clone();
                 state.replayed += 1;
                 Ok(Answer::Replay(call))
             }
             Some(_) => {
-                recorded.retain(|&s, _| s < seq);
                 state.diverged_at = Some(seq);
                 let replayed = state.replayed;
                 self.journal.diverged(seq, replayed).await?;
@@ -215,8 +215,14 @@ mod tests {
     }
 
     impl CallJournal for Memory {
-        fn load(&self) -> JournalFuture<'_, Vec<RecordedCall>> {
-            Box::pin(async { Ok(self.calls.lock().unwrap().clone()) })
+        fn last_seq(&self) -> JournalFuture<'_, Option<u32>> {
+            Box::pin(async { Ok(self.calls.lock().unwrap().iter().map(|c| c.seq).max()) })
+        }
+        fn get(&self, seq: u32) -> JournalFuture<'_, Option<RecordedCall>> {
+            Box::pin(async move {
+                let calls = self.calls.lock().unwrap();
+                Ok(calls.iter().find(|c| c.seq == seq).cloned())
+            })
         }
         fn record(&self, call: RecordedCall) -> JournalFuture<'_, ()> {
             Box::pin(async move {
